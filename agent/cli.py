@@ -1,0 +1,127 @@
+"""The ``ttt`` command: one entry point, one subcommand per job.
+
+Each subcommand's handler imports what it needs lazily, so ``ttt --help`` is instant and a
+machine without (say) PortAudio can still run everything that does not touch a sound device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from agent.settings import Settings, SettingsError, load_settings
+
+
+class UserError(RuntimeError):
+    """A problem the user can fix (bad input, missing asset...): printed without a traceback."""
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("settings")
+    group.add_argument("--config", metavar="FILE", help="TOML settings file")
+    group.add_argument(
+        "--set", metavar="SECTION.FIELD=VALUE", action="append", default=[], help="override one setting"
+    )
+    group.add_argument("--llm", metavar="PATH", help="LLM backbone: local dir, .gguf file, or hub id")
+    group.add_argument("--whisper", metavar="PATH", help="CTranslate2 whisper model directory")
+    group.add_argument("--vad-model", metavar="PATH", help="silero VAD .onnx file")
+    group.add_argument("--voice", metavar="PATH", help="Piper voice .onnx (teacher voice)")
+    group.add_argument("--device", help="torch device for the LLM: cpu, cuda or auto")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = list(args.set)
+    for flag, dotted in (
+        ("llm", "assets.llm"),
+        ("whisper", "assets.whisper"),
+        ("vad_model", "assets.vad"),
+        ("voice", "assets.piper_voice"),
+        ("device", "device"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"{dotted}={value}")
+    return load_settings(args.config, overrides)
+
+
+# --- handlers ------------------------------------------------------------------------------
+
+
+def _cmd_listen(args: argparse.Namespace, settings: Settings) -> int:
+    from agent.listen import run_listen
+
+    return run_listen(settings, input_path=args.input, realtime=args.realtime, as_json=args.json)
+
+
+def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from agent.listen import run_demo
+
+    return run_demo(settings)
+
+
+def _cmd_assets(args: argparse.Namespace, settings: Settings) -> int:
+    from model.assets import describe_assets
+
+    for line in describe_assets(settings.assets, prepare=args.prepare):
+        print(line)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from agent.bench import run_bench
+
+    return run_bench(settings, args.what, args)
+
+
+# --- parser --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``ttt`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="ttt", description="Text-to-Talk: a speech-to-speech voice agent that runs offline."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, handler: Callable, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        _add_common(p)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("listen", _cmd_listen, "hear a person: VAD, streaming ASR and turn detection")
+    p.add_argument("--input", metavar="FILE", help="treat an audio file as a live microphone")
+    p.add_argument("--realtime", action="store_true", help="pace --input in real time (default: fast)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per event")
+
+    command("demo", _cmd_demo, "the main job on the embedded defaults: hear a synthesised conversation")
+
+    p = command("assets", _cmd_assets, "show where each model asset is found")
+    p.add_argument("--prepare", action="store_true", help="also convert/cache what needs it (the LLM)")
+
+    p = command("bench", _cmd_bench, "benchmarks: speed and latency, reported as medians")
+    p.add_argument("what", choices=["listen", "turn"], help="what to measure")
+    p.add_argument("--repeats", type=int, default=3, help="repetitions (medians are reported)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ttt`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from audio_io.frames import AudioError
+    from model.assets import AssetError
+
+    try:
+        settings = _settings(args)
+        return int(args.handler(args, settings) or 0)
+    except (UserError, SettingsError, AssetError, AudioError) as exc:
+        print(f"ttt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

