@@ -1,0 +1,95 @@
+"""The Piper teacher voice: real speech for data synthesis, tests, demos and the cascade baseline."""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from model.assets import PIPER_VOICE, locate
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """Synthesised speech and what produced it."""
+
+    samples: np.ndarray  # float32 mono in [-1, 1]
+    sample_rate: int  # the voice's native rate (22,050 Hz for joe-medium)
+    text: str  # the text that was voiced
+    phonemes: list[str]  # espeak phonemes, one string per phoneme, sentences joined by " "
+
+
+class TeacherVoice:
+    """A Piper voice; ``speak(text)`` returns an :class:`Utterance`. Thread-safe for reading."""
+
+    def __init__(self, voice_path: str | os.PathLike | None = None):
+        from piper import PiperVoice
+
+        path = locate(PIPER_VOICE, voice_path)
+        self._voice = PiperVoice.load(str(path))
+        self.sample_rate: int = self._voice.config.sample_rate
+
+    def speak(self, text: str, length_scale: float | None = None, noise_scale: float | None = None) -> Utterance:
+        """Voice ``text``; ``length_scale`` > 1 speaks slower. Raises ValueError on text with nothing to say."""
+        from piper import SynthesisConfig
+
+        config = SynthesisConfig(length_scale=length_scale, noise_scale=noise_scale)
+        chunks = list(self._voice.synthesize(text, syn_config=config))
+        if not chunks:
+            raise ValueError(f"the teacher voice has nothing to say for {text!r}")
+        samples = np.concatenate([c.audio_float_array for c in chunks]).astype(np.float32)
+        phonemes: list[str] = []
+        for i, chunk in enumerate(chunks):
+            if i:
+                phonemes.append(" ")
+            phonemes.extend(chunk.phonemes)
+        return Utterance(samples=samples, sample_rate=self.sample_rate, text=text, phonemes=phonemes)
+
+
+@functools.lru_cache(maxsize=2)
+def teacher_voice(voice_path: str | None = None) -> TeacherVoice:
+    """A process-wide shared :class:`TeacherVoice` (loading takes about a second)."""
+    return TeacherVoice(voice_path)
+
+
+def write_conversation(
+    sentences: list[str],
+    path: str | os.PathLike,
+    gap_s: float = 1.5,
+    lead_s: float = 0.5,
+    voice: TeacherVoice | None = None,
+) -> list[tuple[float, float]]:
+    """Voice ``sentences`` into one WAV with ``gap_s`` of silence between them.
+
+    Returns each sentence's (start, end) of speech in seconds, measured on the samples (leading and
+    trailing near-silence of each synthesis trimmed), so latencies can be measured against them.
+    """
+    import soundfile as sf
+
+    voice = voice or teacher_voice()
+    sr = voice.sample_rate
+    pieces = [np.zeros(int(lead_s * sr), np.float32)]
+    spans = []
+    cursor = lead_s
+    for i, text in enumerate(sentences):
+        audio = trim_silence(voice.speak(text).samples)
+        spans.append((cursor, cursor + len(audio) / sr))
+        pieces.append(audio)
+        cursor += len(audio) / sr
+        gap = gap_s if i < len(sentences) - 1 else max(gap_s, 2.5)  # room for the last turn to end
+        pieces.append(np.zeros(int(gap * sr), np.float32))
+        cursor += int(gap * sr) / sr
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), np.concatenate(pieces), sr)
+    return spans
+
+
+def trim_silence(samples: np.ndarray, threshold: float = 0.01) -> np.ndarray:
+    """Cut leading and trailing samples quieter than ``threshold`` (absolute amplitude)."""
+    loud = np.flatnonzero(np.abs(samples) > threshold)
+    if len(loud) == 0:
+        return samples[:0]
+    return samples[loud[0] : loud[-1] + 1]
