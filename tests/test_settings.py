@@ -1,0 +1,66 @@
+import pytest
+
+from agent.settings import Settings, SettingsError, load_settings
+
+
+def test_defaults_without_sources(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    settings = load_settings(environ={})
+    assert settings == Settings()
+
+
+def test_precedence_toml_then_env_then_flags(tmp_path):
+    config = tmp_path / "ttt.toml"
+    config.write_text('device = "cuda"\n[vad]\nthreshold = 0.7\nmin_speech_ms = 50\n[asr]\nbeam_size = 3\n')
+    settings = load_settings(
+        config,
+        overrides=["vad.min_speech_ms=80"],
+        environ={"TTT_VAD__THRESHOLD": "0.6", "TTT_ASSETS__LLM": "/models/llm"},
+    )
+    assert settings.device == "cuda"
+    assert settings.asr.beam_size == 3  # from the file only
+    assert settings.vad.threshold == 0.6  # env beats the file
+    assert settings.vad.min_speech_ms == 80  # the flag beats both
+    assert settings.assets.llm == "/models/llm"
+
+
+def test_config_file_from_env(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text("[turn]\nmax_silence_ms = 1500\n")
+    assert load_settings(environ={"TTT_CONFIG": str(config)}).turn.max_silence_ms == 1500
+
+
+def test_optional_fields_accept_none():
+    settings = load_settings(environ={"TTT_ASSETS__LLM": "none"})
+    assert settings.assets.llm is None
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("vad.nope=1", "unknown setting 'vad.nope'"),
+        ("nosection.x=1", "unknown settings section"),
+        ("vad.threshold=high", "vad.threshold expects float"),
+        ("vad=1", "is a section"),
+        ("novalue", "section.field=value"),
+    ],
+)
+def test_bad_overrides_say_what_is_wrong(override, message):
+    with pytest.raises(SettingsError, match=message):
+        load_settings(overrides=[override], environ={})
+
+
+def test_bad_toml(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("[vad\nthreshold = ")
+    with pytest.raises(SettingsError, match="not valid TOML"):
+        load_settings(config, environ={})
+    with pytest.raises(SettingsError, match="does not exist"):
+        load_settings(tmp_path / "missing.toml", environ={})
+
+
+def test_toml_type_mismatch(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[vad]\nmin_speech_ms = "soon"\n')
+    with pytest.raises(SettingsError, match="expects int"):
+        load_settings(config, environ={})
