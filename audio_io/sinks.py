@@ -1,0 +1,212 @@
+"""Where the agent's voice goes: speakers, WAV files, memory; each reports what was really played."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from abc import ABC, abstractmethod
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from audio_io.frames import SAMPLE_RATE, AudioError
+from audio_io.resample import as_float32
+
+
+def playable(samples: np.ndarray) -> np.ndarray:
+    """``samples`` as 1-D float32, checked: a sink must never play NaNs (they are loud clicks or silence)."""
+    samples = np.asarray(samples)
+    if samples.ndim != 1:
+        raise AudioError(f"a sink plays mono audio of shape (n,), got shape {samples.shape}; mix it down first")
+    audio = as_float32(samples)
+    if not np.isfinite(audio).all():
+        raise AudioError("audio to play contains NaN or infinite samples; check the generator that produced it")
+    return np.ascontiguousarray(audio)
+
+
+class AudioSink(ABC):
+    """Plays mono float32 audio at ``sample_rate`` and knows how much of it was really heard."""
+
+    sample_rate: int  # Hz of the audio passed to write()
+
+    @abstractmethod
+    async def write(self, samples: np.ndarray) -> None:
+        """Queue ``samples`` (float32 mono at ``sample_rate``) to play after what is already queued."""
+
+    @abstractmethod
+    async def drain(self) -> None:
+        """Wait until everything written so far has been played."""
+
+    @abstractmethod
+    def stop(self) -> float:
+        """Barge-in: drop all queued audio at once; return the seconds actually played so far."""
+
+    @property
+    @abstractmethod
+    def played_seconds(self) -> float:
+        """Seconds of audio played so far (since the sink was created)."""
+
+    async def close(self) -> None:  # noqa: B027 - most sinks hold nothing to release
+        """Release the device or file."""
+
+    async def __aenter__(self) -> AudioSink:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class MemorySink(AudioSink):
+    """Keeps everything written; ``audio()`` returns it. Playback is instant (played = written)."""
+
+    def __init__(self, sample_rate: int = SAMPLE_RATE):
+        self.sample_rate = sample_rate
+        self._chunks: list[np.ndarray] = []
+        self._samples = 0
+
+    async def write(self, samples: np.ndarray) -> None:
+        """Append ``samples``."""
+        audio = playable(samples)
+        self._chunks.append(audio)
+        self._samples += len(audio)
+
+    async def drain(self) -> None:
+        """Nothing is ever pending."""
+
+    def stop(self) -> float:
+        """Nothing is queued, so nothing is dropped."""
+        return self.played_seconds
+
+    @property
+    def played_seconds(self) -> float:
+        """Seconds written."""
+        return self._samples / self.sample_rate
+
+    def audio(self) -> np.ndarray:
+        """Everything written, concatenated."""
+        return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
+
+
+class WavSink(AudioSink):
+    """Writes to a WAV file as audio arrives (16-bit PCM); played = written."""
+
+    def __init__(self, path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, subtype: str = "PCM_16"):
+        import soundfile as sf
+
+        self.path = path
+        self.sample_rate = sample_rate
+        self._samples = 0
+        try:
+            self._file = sf.SoundFile(str(path), "w", samplerate=sample_rate, channels=1, subtype=subtype)
+        except (sf.SoundFileError, RuntimeError, OSError) as exc:
+            raise AudioError(f"cannot write WAV file {path} ({exc}); check the folder exists and is writable") from exc
+
+    async def write(self, samples: np.ndarray) -> None:
+        """Append ``samples`` to the file."""
+        if self._file.closed:
+            raise AudioError(f"WavSink {self.path} is closed; create a new sink to write more")
+        audio = playable(samples)
+        self._file.write(audio)
+        self._samples += len(audio)
+
+    async def drain(self) -> None:
+        """Flush to disk."""
+        if not self._file.closed:
+            self._file.flush()
+
+    def stop(self) -> float:
+        """Nothing is queued, so nothing is dropped."""
+        return self.played_seconds
+
+    @property
+    def played_seconds(self) -> float:
+        """Seconds written."""
+        return self._samples / self.sample_rate
+
+    async def close(self) -> None:
+        """Finish the file (its header holds the final length)."""
+        if not self._file.closed:
+            self._file.close()
+
+
+class SpeakerSink(AudioSink):
+    """Plays through a sound card (sounddevice/PortAudio); counts only samples the device consumed."""
+
+    def __init__(self, device: int | str | None = None, sample_rate: int = SAMPLE_RATE):
+        from audio_io.sources import _check_device, _sounddevice
+
+        sd = _sounddevice("speaker")
+        _check_device(sd, device, "output", "speaker")
+        self.device = device
+        self.sample_rate = sample_rate
+        self._lock = threading.Lock()  # the PortAudio thread and the event loop share the queue
+        self._queue: deque[np.ndarray] = deque()
+        self._offset = 0  # samples of _queue[0] already played
+        self._played = 0  # samples the callback really handed to the device
+        try:
+            self._stream = sd.OutputStream(
+                device=device, channels=1, dtype="float32", samplerate=sample_rate, callback=self._callback
+            )
+            self._stream.start()
+        except Exception as exc:
+            raise AudioError(
+                f"no speaker: cannot open output device {device!r} at {sample_rate} Hz ({exc}); pick another "
+                "with --set audio.output_device=NAME or use a WAV or virtual sink instead"
+            ) from exc
+
+    def _callback(self, outdata: np.ndarray, n: int, time_info: Any, status: Any) -> None:
+        out = outdata[:, 0]
+        filled = 0
+        with self._lock:
+            while filled < n and self._queue:
+                head = self._queue[0]
+                take = min(n - filled, len(head) - self._offset)
+                out[filled : filled + take] = head[self._offset : self._offset + take]
+                filled += take
+                self._offset += take
+                if self._offset == len(head):
+                    self._queue.popleft()
+                    self._offset = 0
+            self._played += filled
+        out[filled:] = 0.0  # underrun: silence, not counted as played
+
+    async def write(self, samples: np.ndarray) -> None:
+        """Queue ``samples`` behind what is already playing."""
+        audio = playable(samples)
+        if len(audio):
+            with self._lock:
+                self._queue.append(audio)
+
+    def queued_seconds(self) -> float:
+        """Seconds written but not yet played."""
+        with self._lock:
+            return (sum(len(c) for c in self._queue) - self._offset) / self.sample_rate
+
+    async def drain(self) -> None:
+        """Wait until the device has consumed everything queued."""
+        while True:
+            with self._lock:
+                if not self._queue:
+                    return
+            await asyncio.sleep(0.01)
+
+    def stop(self) -> float:
+        """Drop the queue; the device stops at its next buffer."""
+        with self._lock:
+            self._queue.clear()
+            self._offset = 0
+            return self._played / self.sample_rate
+
+    @property
+    def played_seconds(self) -> float:
+        """Seconds the device consumed."""
+        with self._lock:
+            return self._played / self.sample_rate
+
+    async def close(self) -> None:
+        """Stop and release the device."""
+        self.stop()
+        self._stream.stop()
+        self._stream.close()
