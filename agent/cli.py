@@ -74,6 +74,36 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     return run_bench(settings, args.what, args)
 
 
+def _cmd_data_synth(args: argparse.Namespace, settings: Settings) -> int:
+    from training.synth import SynthConfig, synthesize
+
+    config = SynthConfig(hours=args.hours, workers=args.workers, llm_fraction=args.llm_fraction)
+    config.llm_budget_s = args.llm_budget_s
+    manifest = synthesize(args.out, config)
+    print(
+        f"corpus {args.out}: {manifest['items']} items, {manifest['hours']:.2f} h in {len(manifest['shards'])} shards"
+    )
+    return 0
+
+
+def _cmd_train_codec(args: argparse.Namespace, settings: Settings) -> int:
+    from training.train_codec import run_train_codec
+
+    return run_train_codec(args)
+
+
+def _cmd_codec_roundtrip(args: argparse.Namespace, settings: Settings) -> int:
+    from training.evaluate import run_roundtrip
+
+    return run_roundtrip(args.input, args.output, checkpoint=args.checkpoint)
+
+
+def _cmd_eval_codec(args: argparse.Namespace, settings: Settings) -> int:
+    from training.evaluate import run_eval_codec
+
+    return run_eval_codec(args, settings)
+
+
 # --- parser --------------------------------------------------------------------------------
 
 
@@ -103,6 +133,45 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("bench", _cmd_bench, "benchmarks: speed and latency, reported as medians")
     p.add_argument("what", choices=["listen", "turn"], help="what to measure")
     p.add_argument("--repeats", type=int, default=3, help="repetitions (medians are reported)")
+
+    # nested commands ("ttt data synth", "ttt train codec"...): one group parser per first word
+    groups: dict[str, argparse._SubParsersAction] = {}
+
+    def subcommand(group: str, name: str, handler: Callable, help: str) -> argparse.ArgumentParser:
+        if group not in groups:
+            gp = sub.add_parser(group, help=f"{group} commands", description=f"{group} commands")
+            groups[group] = gp.add_subparsers(dest="action", metavar="ACTION", required=True)
+        p = groups[group].add_parser(name, help=help, description=help)
+        _add_common(p)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = subcommand("data", "synth", _cmd_data_synth, "build the synthetic corpus voiced by the Piper teacher")
+    p.add_argument("--hours", type=float, default=1.5, help="hours of speech to reach (resumes/extends)")
+    p.add_argument("--out", default="data/corpus", help="corpus folder (default: data/corpus)")
+    p.add_argument("--workers", type=int, default=0, help="voicing processes (0 = one per core)")
+    p.add_argument("--llm-fraction", type=float, default=0.5, help="share of text written by SmolLM2")
+    p.add_argument("--llm-budget-s", type=float, default=900.0, help="cap on LLM text generation time")
+
+    p = subcommand("train", "codec", _cmd_train_codec, "train the speech codec (accelerate; resumable)")
+    p.add_argument("--data", default="data/corpus", help="corpus folder from `ttt data synth`")
+    p.add_argument("--run", default="runs/codec", help="run folder: checkpoints and loss log")
+    p.add_argument("--minutes", type=float, default=60.0, help="stop after this much training time")
+    p.add_argument("--steps", type=int, default=0, help="stop after this many steps (0 = by time only)")
+    p.add_argument("--batch", type=int, default=8, help="clips per batch")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--export", metavar="DIR", help="also export the best weights to DIR (codec.safetensors)")
+
+    p = subcommand("codec", "roundtrip", _cmd_codec_roundtrip, "encode a sound file with the codec and decode it back")
+    p.add_argument("input", metavar="IN", help="input audio file (any sample rate, mono or stereo)")
+    p.add_argument("output", metavar="OUT", help="output WAV (16 kHz mono)")
+    p.add_argument("--checkpoint", metavar="PATH", help="codec safetensors (default: the shipped one)")
+
+    p = subcommand("eval", "codec", _cmd_eval_codec, "codec metrics: WER orig vs resynth, mel distance, RTF")
+    p.add_argument("--checkpoint", metavar="PATH", help="codec safetensors (default: the shipped one)")
+    p.add_argument("--sentences", metavar="FILE", help="dev sentences (default: ../shared/eval/dev_sentences.txt)")
+    p.add_argument("--limit", type=int, default=0, help="use only the first N sentences (0 = all)")
+    p.add_argument("--png", metavar="FILE", help="write a spectrogram comparison PNG")
     return parser
 
 
