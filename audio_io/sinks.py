@@ -174,6 +174,8 @@ class SpeakerSink(AudioSink):
 
     async def write(self, samples: np.ndarray) -> None:
         """Queue ``samples`` behind what is already playing."""
+        if self._stream is None:
+            raise AudioError("this SpeakerSink is closed; create a new one to play more")
         audio = playable(samples)
         if len(audio):
             with self._lock:
@@ -185,12 +187,17 @@ class SpeakerSink(AudioSink):
             return (sum(len(c) for c in self._queue) - self._offset) / self.sample_rate
 
     async def drain(self) -> None:
-        """Wait until the device has consumed everything queued."""
+        """Wait until the device has played everything queued."""
+        if self._stream is None:
+            return
         while True:
             with self._lock:
                 if not self._queue:
-                    return
+                    break
             await asyncio.sleep(0.01)
+        # The callback has handed the last samples over; the device still needs its output latency.
+        if self._stream is not None:
+            await asyncio.sleep(float(self._stream.latency or 0.0))
 
     def stop(self) -> float:
         """Drop the queue; the device stops at its next buffer."""
@@ -208,5 +215,7 @@ class SpeakerSink(AudioSink):
     async def close(self) -> None:
         """Stop and release the device."""
         self.stop()
-        self._stream.stop()
-        self._stream.close()
+        if self._stream is not None:
+            self._stream.stop()
+            self._stream.close()
+            self._stream = None

@@ -132,9 +132,13 @@ async def test_array_source_resamples_and_stops_when_closed():
     assert seen == 3
 
 
-async def test_file_source_rejects_nan_audio():
+def test_sources_reject_nan_audio(tmp_path):
     with pytest.raises(AudioError, match="NaN"):
         ArraySource(np.array([0.0, np.nan] * 600, np.float32), SAMPLE_RATE)
+    path = tmp_path / "nan.wav"
+    sf.write(path, np.array([0.1, np.nan] * 600, np.float32), SAMPLE_RATE, subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"nan\.wav.*NaN"):
+        FileSource(path)
 
 
 def test_sound_devices_fail_cleanly_without_a_sound_card():
@@ -226,3 +230,13 @@ async def test_virtual_speaker_drain_after_the_microphone_ends():
     assert clock.now() == pytest.approx(1.0)
     assert speaker.played_seconds == pytest.approx(1.0)
     assert len(speaker.recording(1.5)) == 24_000
+
+
+async def test_realtime_virtual_clock_follows_the_wall_clock():
+    clock = VirtualClock(realtime=True)
+    mic = VirtualMicrophone(clock, tail_s=0.2)
+    start = time.monotonic()
+    frames = [f async for f in mic.frames()]
+    assert frames[-1].end == pytest.approx(0.2)
+    assert 0.18 <= time.monotonic() - start < 1.5
+    assert clock.now() >= 0.2
