@@ -181,7 +181,11 @@ class VirtualSpeaker(AudioSink):
             self.segments.append((max(self.clock.now(), self.queued_until), audio))
 
     async def drain(self) -> None:
-        """Wait (in clock time) until everything written has played."""
+        """Wait (in clock time) until everything written has played.
+
+        In non-realtime mode the clock moves with the microphone's frames, so call this from a task
+        other than the one consuming them (or after the microphone has ended, when time jumps ahead).
+        """
         await self.clock.wait_until(self.queued_until)
 
     def stop(self) -> float:
