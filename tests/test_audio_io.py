@@ -240,3 +240,29 @@ async def test_realtime_virtual_clock_follows_the_wall_clock():
     assert frames[-1].end == pytest.approx(0.2)
     assert 0.18 <= time.monotonic() - start < 1.5
     assert clock.now() >= 0.2
+
+
+async def test_virtual_speaker_drain_follows_the_microphone_clock():
+    import asyncio
+
+    clock = VirtualClock()
+    mic = VirtualMicrophone(clock, tail_s=3.0)
+    speaker = VirtualSpeaker(clock)
+    drained_at = []
+
+    async def listen():
+        async for frame in mic.frames():
+            if frame.end == pytest.approx(0.32):
+                await speaker.write(np.zeros(8000, np.float32))  # plays 0.32 .. 0.82
+
+    async def wait_for_playback():
+        await asyncio.sleep(0)
+        while not speaker.segments:
+            await asyncio.sleep(0)
+        await speaker.drain()
+        drained_at.append(clock.now())
+
+    await asyncio.gather(listen(), wait_for_playback())
+    # Released by the first microphone frame at or after the end of playback, not by the mic's end.
+    assert 0.82 <= drained_at[0] <= 0.82 + 0.032 + 1e-9
+    assert clock.now() == pytest.approx(3.0)
