@@ -1,0 +1,264 @@
+"""Train the speech codec on the synthetic corpus: mel reconstruction + CTC phonemes + vocoder.
+
+Runs under ``accelerate`` (CPU, one GPU or several). Every few minutes the run folder gets a
+resumable ``last.pt``; every validation the best weights (lowest validation mel L1) are written
+as ``best.safetensors`` + ``best.json`` (and to ``--export DIR`` as ``codec.safetensors``).
+Losses go to ``log.jsonl``, one JSON object per logged step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model.codec.codec import FRAME_SAMPLES, CodecConfig, SpeechCodec, save_codec
+from model.codec.dsp import HOP, log_mel, stft
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (the model's sizes live in CodecConfig)."""
+
+    batch: int = 8  # utterances per step (similar lengths, padded)
+    lr: float = 1e-3  # AdamW peak learning rate
+    warmup: int = 200  # linear warm-up steps
+    ctc_weight: float = 0.5  # CTC phoneme loss weight (makes the codes phonetic)
+    voc_crop: int = 12_800  # vocoder training crop, samples (0.8 s): the vocoder is the costly part
+    voc_pred_after: int = 600  # from this step, half the vocoder crops use the decoder's own mel
+    val_items: int = 24  # held-out corpus items for validation (from the end of the corpus)
+    val_every: int = 250  # steps between validations
+    save_every_s: float = 180.0  # seconds between resumable checkpoints
+    seed: int = 0  # data order and initialisation
+
+
+def phoneme_ids(phonemes: str, vocab: str) -> list[int]:
+    """espeak phoneme string -> CTC target ids (1-based; symbols outside ``vocab`` are dropped)."""
+    index = {c: i + 1 for i, c in enumerate(vocab)}
+    return [index[c] for c in phonemes if c in index]
+
+
+class Batches:
+    """Random batches of similar-length utterances (little padding), with their CTC targets."""
+
+    def __init__(self, items: list, vocab: str, batch: int, seed: int):
+        self.items = sorted(items, key=lambda it: len(it.audio))
+        self.targets = [phoneme_ids(it.phonemes, vocab) for it in self.items]
+        self.batch = batch
+        self.rng = random.Random(seed)
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+        """(audio [B, T] zero-padded to whole frames, lengths [B], targets)."""
+        start = self.rng.randrange(max(1, len(self.items) - self.batch + 1))
+        idx = list(range(start, min(len(self.items), start + self.batch)))
+        return collate([self.items[i].audio for i in idx], [self.targets[i] for i in idx])
+
+
+def collate(audios: list[np.ndarray], targets: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """Pad clips to a common whole number of frames."""
+    lengths = torch.tensor([len(a) for a in audios])
+    frames = math.ceil(int(lengths.max()) / FRAME_SAMPLES)
+    audio = torch.zeros(len(audios), frames * FRAME_SAMPLES)
+    for i, a in enumerate(audios):
+        audio[i, : len(a)] = torch.from_numpy(a)
+    return audio, lengths, targets
+
+
+def stft_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Multi-resolution STFT loss: spectral convergence + log-magnitude L1 at three resolutions."""
+    total = pred.new_zeros(())
+    for n_fft, hop in ((256, 64), (512, 128), (1024, 256)):
+        w = torch.hann_window(n_fft, device=pred.device)
+        p = torch.stft(pred, n_fft, hop, window=w, return_complex=True).abs().clamp(min=1e-5)
+        t = torch.stft(target, n_fft, hop, window=w, return_complex=True).abs().clamp(min=1e-5)
+        total = total + torch.linalg.norm(t - p) / torch.linalg.norm(t) + (p.log() - t.log()).abs().mean()
+    return total / 3
+
+
+def codec_losses(
+    codec: SpeechCodec, audio: torch.Tensor, lengths: torch.Tensor, targets: list, cfg: TrainConfig, step: int
+) -> dict[str, torch.Tensor]:
+    """All training losses for one batch (``audio`` already padded to whole frames)."""
+    target_mel = codec.norm_mel(audio)  # [B, 80, 8F]
+    q = codec.fsq.quantize(codec.encoder(target_mel))
+    pred_mel = codec.decoder(q)
+    mel_frames = torch.div(lengths + HOP - 1, HOP, rounding_mode="floor")
+    mask = (torch.arange(target_mel.shape[-1])[None] < mel_frames[:, None]).to(audio.device)
+    mel_l1 = ((pred_mel - target_mel).abs().mean(1) * mask).sum() / mask.sum()
+
+    logp = codec.ctc_logits(q)  # [B, 4F, C]
+    in_len = torch.div(lengths + FRAME_SAMPLES - 1, FRAME_SAMPLES, rounding_mode="floor") * 4
+    flat = torch.tensor([t for seq in targets for t in seq], dtype=torch.long)
+    tgt_len = torch.tensor([len(seq) for seq in targets], dtype=torch.long)
+    ctc = F.ctc_loss(logp.transpose(0, 1), flat, in_len, tgt_len, blank=0, zero_infinity=True)
+
+    # vocoder on a random crop per clip: ground-truth mel, or (later) the decoder's own mel
+    crop_frames = cfg.voc_crop // HOP
+    use_pred = step >= cfg.voc_pred_after and random.random() < 0.5
+    source = (pred_mel.detach() * codec.config.mel_std + codec.config.mel_mean) if use_pred else None
+    mels, wavs = [], []
+    full_mel = log_mel(audio)
+    for i in range(audio.shape[0]):
+        valid = max(crop_frames, int(mel_frames[i]))
+        a = random.randrange(max(1, valid - crop_frames + 1))
+        a = min(a, full_mel.shape[-1] - crop_frames)
+        mels.append((source if source is not None else full_mel)[i, :, a : a + crop_frames])
+        wavs.append(audio[i, a * HOP : (a + crop_frames) * HOP])
+    mel_in, wav = torch.stack(mels), torch.stack(wavs)
+    out = codec.vocoder(mel_in)
+    voc_stft = stft_loss(out, wav)
+    voc_mel = (log_mel(out) - log_mel(wav)).abs().mean()
+    total = mel_l1 + cfg.ctc_weight * ctc + voc_stft + 0.5 * voc_mel
+    return {"loss": total, "mel_l1": mel_l1, "ctc": ctc, "voc_stft": voc_stft, "voc_mel": voc_mel}
+
+
+@torch.no_grad()
+def validate(codec: SpeechCodec, items: list, vocab: str) -> dict[str, float]:
+    """Validation mel L1 (normalised log-mel, through the codes) and CTC on held-out items."""
+    codec.eval()
+    mel, ctc = [], []
+    for it in items:
+        audio, lengths, targets = collate([it.audio], [phoneme_ids(it.phonemes, vocab)])
+        target = codec.norm_mel(audio)
+        q = codec.fsq.quantize(codec.encoder(target))
+        mel.append((codec.decoder(q) - target).abs().mean().item())
+        logp = codec.ctc_logits(q)
+        ctc.append(
+            F.ctc_loss(
+                logp.transpose(0, 1),
+                torch.tensor(targets[0]),
+                torch.tensor([logp.shape[1]]),
+                torch.tensor([len(targets[0])]),
+                zero_infinity=True,
+            ).item()
+        )
+    codec.train()
+    return {"val_mel_l1": float(np.mean(mel)), "val_ctc": float(np.mean(ctc))}
+
+
+def train(
+    data: str,
+    run: str,
+    minutes: float,
+    steps: int = 0,
+    cfg: TrainConfig | None = None,
+    codec_cfg: CodecConfig | None = None,
+    export: str | None = None,
+) -> dict:
+    """Train (resuming ``run/last.pt`` if present) until ``minutes`` or ``steps``; return the last log."""
+    from accelerate import Accelerator
+    from tqdm import tqdm
+
+    from training.synth import read_corpus
+
+    cfg = cfg or TrainConfig()
+    run_dir = Path(run)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    items = read_corpus(data)
+    if len(items) < cfg.val_items + cfg.batch:
+        raise ValueError(f"corpus {data} has {len(items)} items; build a bigger one with `ttt data synth`")
+    hours = sum(len(it.audio) for it in items) / 16000 / 3600
+    val_items, train_items = items[-cfg.val_items :], items[: -cfg.val_items]
+
+    last = run_dir / "last.pt"
+    state = torch.load(last, weights_only=False) if last.is_file() else None
+    if state is not None:
+        codec_cfg = CodecConfig.from_dict(state["codec_config"])
+    torch.manual_seed(cfg.seed)
+    codec = SpeechCodec(codec_cfg or CodecConfig())
+    opt = torch.optim.AdamW(codec.parameters(), lr=cfg.lr, betas=(0.8, 0.99), weight_decay=0.01)
+    step, best, history = 0, math.inf, []
+    if state is not None:
+        codec.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, best, history = state["step"], state["best"], state.get("history", [])
+        log.info("resumed %s at step %d", last, step)
+    codec, opt = accelerator.prepare(codec, opt)
+    model: SpeechCodec = accelerator.unwrap_model(codec)
+    vocab = model.config.phonemes
+    batches = Batches(train_items, vocab, cfg.batch, cfg.seed + step)
+    random.seed(cfg.seed + step)
+
+    def save_last() -> None:
+        tmp = last.with_suffix(".tmp")
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "opt": opt.state_dict(),
+                "step": step,
+                "best": best,
+                "history": history,
+                "codec_config": dataclasses.asdict(model.config),
+                "train_config": dataclasses.asdict(cfg),
+            },
+            tmp,
+        )
+        tmp.replace(last)
+
+    start = time.monotonic()
+    saved_at = start
+    logf = (run_dir / "log.jsonl").open("a")
+    bar = tqdm(desc="codec", unit="step", initial=step, disable=not accelerator.is_main_process)
+    record: dict = {}
+    codec.train()
+    while (time.monotonic() - start) < minutes * 60 and (not steps or step < steps):
+        audio, lengths, targets = batches.sample()
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        losses = codec_losses(model, audio.to(accelerator.device), lengths, targets, cfg, step)
+        opt.zero_grad(set_to_none=True)
+        accelerator.backward(losses["loss"])
+        accelerator.clip_grad_norm_(codec.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        if step % 10 == 0:
+            record = {"step": step, "lr": lr, "time_s": round(time.monotonic() - start, 1)}
+            record |= {k: round(v.item(), 4) for k, v in losses.items()}
+            logf.write(json.dumps(record) + "\n")
+            logf.flush()
+            bar.set_postfix(mel=record["mel_l1"], ctc=record["ctc"], voc=record["voc_stft"])
+        if step % cfg.val_every == 0:
+            metrics = validate(model, val_items, vocab)
+            record = {"step": step, **metrics}
+            logf.write(json.dumps(record) + "\n")
+            logf.flush()
+            history.append(record)
+            if metrics["val_mel_l1"] < best:
+                best = metrics["val_mel_l1"]
+                info = {"step": step, "corpus_hours": round(hours, 3), "corpus_items": len(items)}
+                info |= metrics | {"train_config": dataclasses.asdict(cfg)}
+                save_codec(model, run_dir / "best.safetensors", info)
+                if export:
+                    save_codec(model, Path(export) / "codec.safetensors", info)
+        if time.monotonic() - saved_at > cfg.save_every_s:
+            save_last()
+            saved_at = time.monotonic()
+    save_last()
+    bar.close()
+    logf.close()
+    return record
+
+
+def run_train_codec(args: argparse.Namespace) -> int:
+    """``ttt train codec``."""
+    torch.set_num_threads(max(1, args.threads))
+    logging.basicConfig(level=logging.INFO)
+    cfg = TrainConfig(batch=args.batch)
+    record = train(args.data, args.run, args.minutes, args.steps, cfg, export=args.export)
+    print(json.dumps(record))
+    return 0
