@@ -84,8 +84,11 @@ class TalkerSettings:
     first_text_chunk: int = 4  # N of the first chunk (smaller, so sound starts sooner)
     first_audio_chunk: int = 3  # M of the first span
     diffusion_steps: int = 4  # S: unmasking steps per audio span
+    first_diffusion_steps: int = 2  # S of the first span: fewer passes before the first sound
     max_last_span: int = 125  # cap on the final variable-length span (frames; 10 s)
+    frames_per_token: float = 5.0  # the last span is bounded to this many frames per reply token
     temperature: float = 0.0  # text sampling temperature; 0 = greedy
+    code_temperature: float = 0.0  # audio code sampling temperature; 0 = greedy
     max_new_tokens: int = 256  # cap on reply text tokens
     checkpoint: str | None = None  # trained talker safetensors; None = the shipped one, if any
 
