@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from model.codec.codec import FRAME_SAMPLES, CodecConfig, SpeechCodec, save_codec
-from model.codec.dsp import HOP, log_mel, stft
+from model.codec.dsp import HOP, log_mel
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class TrainConfig:
 
 
 def phoneme_ids(phonemes: str, vocab: str) -> list[int]:
-    """espeak phoneme string -> CTC target ids (1-based; symbols outside ``vocab`` are dropped)."""
+    """Espeak phoneme string -> CTC target ids (1-based; symbols outside ``vocab`` are dropped)."""
     index = {c: i + 1 for i, c in enumerate(vocab)}
     return [index[c] for c in phonemes if c in index]
 

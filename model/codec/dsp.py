@@ -46,9 +46,7 @@ def window(n_fft: int = N_FFT) -> torch.Tensor:
 def stft(audio: torch.Tensor, n_fft: int = N_FFT, hop: int = HOP) -> torch.Tensor:
     """Causal complex STFT: ``[B, T]`` (T a multiple of ``hop``) -> ``[B, n_fft // 2 + 1, T // hop]``."""
     padded = F.pad(audio, (n_fft - hop, 0))
-    return torch.stft(
-        padded, n_fft, hop, window=window(n_fft).to(audio.device), center=False, return_complex=True
-    )
+    return torch.stft(padded, n_fft, hop, window=window(n_fft).to(audio.device), center=False, return_complex=True)
 
 
 def log_mel(audio: torch.Tensor) -> torch.Tensor:
@@ -77,8 +75,7 @@ def istft(spec: torch.Tensor, n_fft: int = N_FFT, hop: int = HOP) -> torch.Tenso
 def griffin_lim(logmel: torch.Tensor, iterations: int = 32) -> torch.Tensor:
     """Zero-training vocoder: ``[B, 80, M]`` log-mel -> ``[B, M * 160]`` by Griffin-Lim phase recovery."""
     fb = mel_filterbank().to(logmel.device)
-    mag = torch.linalg.lstsq(fb.T @ fb + 1e-4 * torch.eye(fb.shape[1]), fb.T @ logmel.exp()).solution
-    mag = mag.clamp(min=0.0)
+    mag = torch.matmul(torch.linalg.pinv(fb), logmel.exp()).clamp(min=0.0)
     gen = torch.Generator().manual_seed(0)  # fixed initial phase: the same mel gives the same audio
     phase = torch.exp(2j * np.pi * torch.rand(mag.shape, generator=gen)).to(logmel.device)
     audio = istft(mag * phase)

@@ -1,0 +1,201 @@
+"""Codec evaluation: round trips of files, and intelligibility/fidelity/speed on the dev sentences."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from audio_io.frames import SAMPLE_RATE
+from model.codec import SpeechCodec, load_codec
+
+DEV_SENTENCES = Path(__file__).resolve().parents[2] / "shared" / "eval" / "dev_sentences.txt"
+
+
+def roundtrip(codec: SpeechCodec, audio: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Encode and decode 16 kHz mono ``audio``; return the resynthesis (trimmed to the input) and stats."""
+    x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None]
+    t0 = time.perf_counter()
+    codes = codec.encode(x)
+    t1 = time.perf_counter()
+    out = codec.decode(codes)[0, : len(audio)].cpu().numpy()
+    t2 = time.perf_counter()
+    stats = {
+        "frames": int(codes.shape[1]),
+        "frame_rate": codec.frame_rate,
+        "codes_per_frame": codec.groups,
+        "bitrate_bps": round(codec.bitrate, 2),
+        "encode_s": round(t1 - t0, 4),
+        "decode_s": round(t2 - t1, 4),
+    }
+    return out, stats
+
+
+def run_roundtrip(input_path: str, output_path: str, checkpoint: str | None = None) -> int:
+    """``ttt codec roundtrip IN OUT``: any sample rate in, 16 kHz mono WAV out, one JSON line printed."""
+    import soundfile as sf
+
+    from audio_io.resample import read_audio
+
+    audio = read_audio(input_path)
+    codec = load_codec(checkpoint)
+    out, stats = roundtrip(codec, audio)
+    Path(output_path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(Path(output_path).expanduser()), np.clip(out, -1, 1), SAMPLE_RATE)
+    print(json.dumps(stats))
+    return 0
+
+
+# --- dev-set evaluation --------------------------------------------------------------------
+
+
+def normalise_words(text: str) -> str:
+    """Lowercase words without punctuation, for WER."""
+    return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text.lower().replace("-", " ")).split())
+
+
+def mel_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference of natural-log mel spectrograms (nats), over the common length."""
+    from model.codec.dsp import log_mel
+
+    n = min(len(a), len(b)) // 160 * 160
+    ma = log_mel(torch.from_numpy(a[:n].astype(np.float32))[None])
+    mb = log_mel(torch.from_numpy(b[:n].astype(np.float32))[None])
+    return float((ma - mb).abs().mean())
+
+
+def stream_decode_seconds(codec: SpeechCodec, codes: torch.Tensor, chunk: int) -> float:
+    """Seconds to decode ``codes`` [F, G] through the streaming decoder, ``chunk`` frames per push."""
+    dec = codec.stream_decoder()
+    t0 = time.perf_counter()
+    for i in range(0, codes.shape[0], chunk):
+        dec.push(codes[i : i + chunk])
+    dec.flush()
+    return time.perf_counter() - t0
+
+
+@dataclass
+class Transcriber:
+    """whisper tiny.en through faster-whisper (greedy), for WER."""
+
+    model: object
+
+    @classmethod
+    def load(cls, override: str | None = None, threads: int = 2) -> Transcriber:
+        """Load the packaged tiny.en (or ``override``)."""
+        from faster_whisper import WhisperModel
+
+        from model.assets import WHISPER, locate
+
+        path = locate(WHISPER, override)
+        return cls(WhisperModel(str(path), device="cpu", compute_type="int8", cpu_threads=threads))
+
+    def __call__(self, audio: np.ndarray) -> str:
+        """Transcript of 16 kHz mono ``audio``."""
+        segments, _ = self.model.transcribe(
+            audio.astype(np.float32), beam_size=1, language="en", condition_on_previous_text=False
+        )
+        return " ".join(s.text.strip() for s in segments)
+
+
+def evaluate_codec(
+    codec: SpeechCodec,
+    sentences: list[str],
+    transcriber: Transcriber | None = None,
+    png: str | os.PathLike | None = None,
+) -> dict:
+    """WER of the teacher's audio and of its resynthesis, mel distance, bitrate and RTFs."""
+    import jiwer
+
+    from audio_io.resample import to_mono_16k
+    from training.teacher import teacher_voice
+
+    voice = teacher_voice()
+    refs, hyp_orig, hyp_resyn, dists = [], [], [], []
+    enc_s, dec_s, stream10_s, stream1_s, seconds = 0.0, 0.0, 0.0, 0.0, 0.0
+    first = None
+    for text in sentences:
+        utt = voice.speak(text)
+        audio = to_mono_16k(utt.samples, utt.sample_rate)
+        out, stats = roundtrip(codec, audio)
+        codes = codec.encode(torch.from_numpy(audio)[None])[0]
+        stream10_s += stream_decode_seconds(codec, codes, 10)
+        stream1_s += stream_decode_seconds(codec, codes, 1)
+        enc_s += stats["encode_s"]
+        dec_s += stats["decode_s"]
+        seconds += len(audio) / SAMPLE_RATE
+        dists.append(mel_distance(audio, out))
+        if transcriber is not None:
+            refs.append(normalise_words(text))
+            hyp_orig.append(normalise_words(transcriber(audio)))
+            hyp_resyn.append(normalise_words(transcriber(out)))
+        if first is None:
+            first = (audio, out)
+    result = {
+        "sentences": len(sentences),
+        "audio_s": round(seconds, 2),
+        "frame_rate": codec.frame_rate,
+        "codes_per_frame": codec.groups,
+        "codebook_size": codec.codebook_size,
+        "bitrate_bps": round(codec.bitrate, 2),
+        "mel_l1": round(statistics.mean(dists), 4),
+        "encode_rtf": round(enc_s / seconds, 4),
+        "decode_rtf": round(dec_s / seconds, 4),
+        "stream_decode_rtf_chunk10": round(stream10_s / seconds, 4),
+        "stream_decode_rtf_chunk1": round(stream1_s / seconds, 4),
+        "vocoder": "vocos-istft" if codec.config.vocoder else "griffin-lim",
+    }
+    if transcriber is not None:
+        result["wer_original"] = round(100 * jiwer.wer(refs, hyp_orig), 2)
+        result["wer_resynth"] = round(100 * jiwer.wer(refs, hyp_resyn), 2)
+        result["wer_gap"] = round(result["wer_resynth"] - result["wer_original"], 2)
+    if png and first is not None:
+        spectrogram_png(first[0], first[1], png)
+    return result
+
+
+def spectrogram_png(original: np.ndarray, resynth: np.ndarray, path: str | os.PathLike) -> None:
+    """Write log-mel spectrograms of ``original`` (top) and ``resynth`` (bottom) as one PNG."""
+    from PIL import Image
+
+    from model.codec.dsp import log_mel
+
+    rows = []
+    for audio in (original, resynth):
+        n = len(audio) // 160 * 160
+        mel = log_mel(torch.from_numpy(audio[:n].astype(np.float32))[None])[0].numpy()
+        img = np.clip((mel + 11.5) / 13.0, 0, 1)[::-1]  # low frequencies at the bottom
+        rows.append(np.kron(img, np.ones((3, 2))))  # bigger pixels: 80 mels -> 240 px
+        rows.append(np.ones((6, rows[-1].shape[1])))
+    width = min(r.shape[1] for r in rows)
+    canvas = np.concatenate([r[:, :width] for r in rows[:-1]])
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((canvas * 255).astype(np.uint8)).save(str(path))
+
+
+def read_sentences(path: str | os.PathLike | None) -> list[str]:
+    """Non-empty lines of the dev sentence file."""
+    path = Path(path) if path else DEV_SENTENCES
+    if not path.is_file():
+        raise FileNotFoundError(f"dev sentences file {path} does not exist; pass --sentences FILE")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_eval_codec(args: argparse.Namespace, settings) -> int:
+    """``ttt eval codec``: prints one JSON object of metrics."""
+    torch.set_num_threads(2)
+    sentences = read_sentences(args.sentences)
+    if args.limit:
+        sentences = sentences[: args.limit]
+    codec = load_codec(args.checkpoint)
+    transcriber = Transcriber.load(settings.assets.whisper, settings.asr.cpu_threads)
+    print(json.dumps(evaluate_codec(codec, sentences, transcriber, png=args.png)))
+    return 0
