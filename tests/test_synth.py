@@ -1,0 +1,68 @@
+"""The synthetic corpus: texts, dev-set filtering, shards, manifest and resuming."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from training import synth
+from training.synth import DevFilter, SynthConfig, read_corpus, split_sentences, synthesize, template_sentence
+
+
+def test_dev_filter_rejects_exact_and_near_duplicates(tmp_path):
+    dev = tmp_path / "dev.txt"
+    dev.write_text("Please set a timer for ten minutes.\nThe meeting has been moved to Thursday afternoon.\n")
+    f = DevFilter(dev)
+    assert not f.allows("Please set a timer for ten minutes.")
+    assert not f.allows("please, set a timer for TEN minutes!")
+    assert not f.allows("The meeting has been moved to Thursday afternoon again.")
+    assert f.allows("Please add milk and eggs to my shopping list.")
+
+
+def test_split_sentences_keeps_clean_spoken_sentences():
+    reply = "**Tips:**\n1. Drink water every day.\n2. Sleep well!\nThis one is cut off because the reply"
+    assert split_sentences(reply) == ["Drink water every day.", "Sleep well!"]
+    assert split_sentences("Hi.") == []  # one word: too short
+    assert split_sentences(" ".join(["word"] * 30) + ".") == []  # too long
+
+
+def test_templates_are_varied_and_bounded():
+    rng = random.Random(3)
+    texts = [template_sentence(rng) for _ in range(300)]
+    assert len(set(texts)) > 250
+    assert all(2 <= len(t.split()) <= 25 for t in texts)
+    assert any("?" in t for t in texts) and any(c.isdigit() for t in texts for c in t)
+
+
+@pytest.mark.slow
+def test_synth_builds_shards_and_resumes(tmp_path, monkeypatch, teacher):
+    texts = ["Hello there.", "It is 3:45 pm on Monday.", "Do you want tea, coffee or water?"]
+    config = SynthConfig(workers=1, shard_size=2)
+    manifest = synthesize(tmp_path, config, texts=texts)
+    assert manifest["items"] == 3 and len(manifest["shards"]) == 2
+    assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
+    assert 0.0003 < manifest["hours"] < 0.01
+    items = read_corpus(tmp_path)
+    assert [it.text for it in items] == texts
+    for it in items:
+        assert it.audio.dtype == np.float32 and np.abs(it.audio).max() > 0.05  # real speech, 16 kHz
+        assert 0.5 < len(it.audio) / 16000 < 6
+        assert sum(ch.isalpha() for ch in it.phonemes) >= 3  # espeak phonemes came along
+
+    # a second run finds every shard finished and voices nothing
+    def fail(job):
+        raise AssertionError(f"shard {job[1]} was voiced again")
+
+    monkeypatch.setattr(synth, "_voice_shard", fail)
+    assert synthesize(tmp_path, config, texts=texts) == manifest
+    # a missing shard is redone, and only that one
+    (tmp_path / "shard_00001.jsonl").unlink()
+    monkeypatch.undo()
+    calls = []
+    original = synth._voice_shard
+    monkeypatch.setattr(synth, "_voice_shard", lambda job: calls.append(job[1]) or original(job))
+    assert synthesize(tmp_path, config, texts=texts)["items"] == 3
+    assert calls == [1]
