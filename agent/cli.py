@@ -68,7 +68,41 @@ def _cmd_assets(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_say(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    import soundfile as sf
+
+    from model.say import load_for_say, say
+    from model.talker import GenerationOptions
+
+    if not args.text.strip():
+        raise UserError("nothing to say: give a non-empty TEXT")
+    talker, codec, notes = load_for_say(settings)
+    for note in notes:
+        print(f"ttt say: note: {note}", file=sys.stderr)
+    result = say(talker, codec, args.text, GenerationOptions.from_settings(settings.talker))
+    try:
+        sf.write(args.output, result.samples, result.sample_rate)
+    except (OSError, RuntimeError) as exc:
+        raise UserError(f"cannot write {args.output}: {exc}") from None
+    if args.json:
+        print(json.dumps(result.summary()))
+    else:
+        s = result.summary()
+        print(f"wrote {args.output}: {s['audio_s']} s of audio, first audio after {s['first_audio_s']} s, ", end="")
+        print(f"RTF {s['rtf']}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    if args.what == "say":  # the talker's benchmark lives model-side
+        import json
+
+        from model.say import bench_say
+
+        print(json.dumps(bench_say(settings, repeats=args.repeats)))
+        return 0
     from agent.bench import run_bench
 
     return run_bench(settings, args.what, args)
@@ -130,8 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("assets", _cmd_assets, "show where each model asset is found")
     p.add_argument("--prepare", action="store_true", help="also convert/cache what needs it (the LLM)")
 
+    p = command("say", _cmd_say, "voice a text with the unified model (text forced, audio diffused)")
+    p.add_argument("text", metavar="TEXT", help="what to say")
+    p.add_argument("--output", "-o", metavar="OUT.wav", required=True, help="WAV file to write (16 kHz)")
+    p.add_argument("--json", action="store_true", help="print one JSON line with the timings")
+
     p = command("bench", _cmd_bench, "benchmarks: speed and latency, reported as medians")
-    p.add_argument("what", choices=["listen", "turn"], help="what to measure")
+    p.add_argument("what", choices=["listen", "turn", "say"], help="what to measure")
     p.add_argument("--repeats", type=int, default=3, help="repetitions (medians are reported)")
 
     # nested commands ("ttt data synth", "ttt train codec"...): one group parser per first word

@@ -346,6 +346,7 @@ class Talker(nn.Module):
         options: GenerationOptions | None = None,
         cancel: threading.Event | None = None,
         use_cache: bool = True,
+        stats: dict[str, Any] | None = None,
     ) -> Iterator[Event]:
         """Generate the reply to ``messages``: yields :class:`TextDelta` and :class:`AudioChunk` events.
 
@@ -353,7 +354,7 @@ class Talker(nn.Module):
         ``codec`` (a SpeechCodec) turns each span's frames into samples as soon as the span is
         decided; without one, chunks carry codes and no samples. Setting ``cancel`` stops the
         generation before its next forward pass. ``use_cache=False`` recomputes the whole sequence
-        at every pass (a slow reference for tests).
+        at every pass (a slow reference for tests). ``stats`` receives ``passes`` (forward passes).
         """
         options = options or GenerationOptions()
         forced = None
@@ -367,6 +368,9 @@ class Talker(nn.Module):
             yield from _generate(self, run, codec, forced, options)
         except Cancelled:
             return
+        finally:
+            if stats is not None:
+                stats["passes"] = run.passes
 
     async def astream(
         self,
