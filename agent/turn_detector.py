@@ -1,0 +1,116 @@
+"""End of turn: how long to wait after the user stops, given what they said.
+
+The LLM backbone scores how likely the user's words end right here: P(<|im_end|>) plus P(". ? !")
+after the chat prefix and the transcript with whisper's final punctuation removed (measured in
+benchmarks/listen.md: whisper's own "." scores unfinished fragments as complete, and P(<|im_end|>)
+alone without punctuation is near zero for everything). That probability sets how much silence we wait
+for before declaring the turn over (short when surely complete, long when surely unfinished).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+_FINAL_PUNCT = re.compile(r"(?<![.?!])[.?!]+$")
+
+
+def strip_final_punctuation(text: str) -> str:
+    """Drop the sentence-final ``.``/``?``/``!`` whisper appends (even to unfinished fragments).
+
+    A trailing comma, dash or ellipsis is kept: whisper writes those when the speaker trails off
+    mid-phrase, and they rightly make the LLM expect more words.
+    """
+    text = " ".join(text.split())
+    if text.endswith("..."):
+        return text
+    return _FINAL_PUNCT.sub("", text).rstrip()
+
+
+class EndOfTurnModel:
+    """P(end of user turn | transcript) from a chat LLM, reusing the KV cache of the fixed prefix."""
+
+    def __init__(self, backbone: Any, system_prompt: str):
+        import torch
+
+        self._torch = torch
+        self.model = backbone.model
+        self.tokenizer = backbone.tokenizer
+        self._lock = threading.Lock()  # the cached prefix is shared: one scoring at a time
+        end_ids = self.tokenizer.convert_tokens_to_ids(["<|im_end|>"])
+        if not end_ids or end_ids[0] is None or end_ids[0] == self.tokenizer.unk_token_id:
+            raise ValueError("the LLM's tokenizer has no <|im_end|> token; the end-of-turn model needs a ChatML LLM")
+        # Tokens that end the user's message: the chat end marker and sentence-final punctuation.
+        finals = [self.tokenizer.convert_tokens_to_ids(t) for t in (".", "?", "!")]
+        unk = self.tokenizer.unk_token_id
+        self.end_ids: list[int] = [end_ids[0]] + [i for i in finals if i is not None and i != unk]
+        prefix = self._template_prefix(system_prompt)
+        self._prefix_ids = self.tokenizer(prefix, add_special_tokens=False, return_tensors="pt").input_ids.to(
+            next(self.model.parameters()).device
+        )
+        with torch.inference_mode():
+            out = self.model(self._prefix_ids, use_cache=True)
+        self._prefix_cache = out.past_key_values
+        self._prefix_len = self._prefix_ids.shape[1]
+
+    def _template_prefix(self, system_prompt: str) -> str:
+        """The chat template rendered up to where the user's words go (ChatML: '<|im_start|>user' + newline)."""
+        marker = "\x00USER\x00"
+        messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": marker}]
+        rendered = self.tokenizer.apply_chat_template(messages, tokenize=False)
+        if marker not in rendered:
+            raise ValueError("the LLM's chat template drops the user message; cannot score end of turn")
+        return rendered.split(marker)[0]
+
+    def probability(self, transcript: str) -> float:
+        """P(the user's message ends right after ``transcript``); 0.0 when nothing was said yet."""
+        text = strip_final_punctuation(transcript)
+        if not text:
+            return 0.0
+        torch = self._torch
+        ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids.to(self._prefix_ids.device)
+        with self._lock, torch.inference_mode():
+            cache = self._prefix_cache
+            out = self.model(ids, past_key_values=cache, use_cache=True)
+            # Only the transcript's positions were computed; drop them so the cache holds the prefix again.
+            cache.crop(-ids.shape[1])
+            logits = out.logits[0, -1].float()
+        return float(torch.softmax(logits, dim=-1)[self.end_ids].sum())
+
+
+@dataclass(frozen=True)
+class TurnDetector:
+    """Silence needed to end a turn, as a function of P(end of turn).
+
+    p >= ``eot_threshold`` waits ``min_silence_ms``; below it the wait grows geometrically up to
+    ``max_silence_ms`` at p = 0, so it is continuous and never increases with p.
+    """
+
+    eot_model: EndOfTurnModel | None  # scores transcripts; None when only the silence decides
+    min_silence_ms: int = 250  # wait after a surely complete sentence
+    max_silence_ms: int = 2000  # wait after a surely unfinished phrase (and the cap for any turn)
+    eot_threshold: float = 0.5  # P at or above which the short wait applies
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_silence_ms <= self.max_silence_ms:
+            raise ValueError(
+                f"turn silences must satisfy 0 < min_silence_ms <= max_silence_ms, got "
+                f"{self.min_silence_ms} and {self.max_silence_ms}; fix the turn.* settings"
+            )
+        if not 0 < self.eot_threshold <= 1:
+            raise ValueError(f"turn.eot_threshold must be in (0, 1], got {self.eot_threshold}")
+
+    def probability(self, transcript: str) -> float:
+        """P(end of turn | transcript); 1.0 without a model, so silence alone decides."""
+        return 1.0 if self.eot_model is None else self.eot_model.probability(transcript)
+
+    def required_silence(self, probability: float) -> float:
+        """Seconds of silence after speech that end a turn whose transcript scored ``probability``."""
+        p = min(max(probability, 0.0), 1.0)
+        lo, hi = self.min_silence_ms / 1000, self.max_silence_ms / 1000
+        if p >= self.eot_threshold:
+            return lo
+        return hi * math.pow(lo / hi, p / self.eot_threshold)
