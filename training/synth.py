@@ -374,6 +374,7 @@ def synthesize(out: str | os.PathLike, config: SynthConfig, texts: Iterable[str]
 class CorpusItem:
     """One voiced text."""
 
+    id: int  # position in texts.jsonl (stable as the corpus grows)
     text: str  # the text that was voiced
     phonemes: str  # espeak phonemes, concatenated (spaces between words)
     audio: np.ndarray  # float32 mono at 16 kHz
@@ -391,5 +392,5 @@ def read_corpus(folder: str | os.PathLike) -> list[CorpusItem]:
             audio, offsets = data["audio"], data["offsets"]
         for i, line in enumerate(lines):
             samples = audio[offsets[i] : offsets[i + 1]].astype(np.float32) / 32767
-            items.append(CorpusItem(text=line["text"], phonemes=line["phonemes"], audio=samples))
+            items.append(CorpusItem(id=line["id"], text=line["text"], phonemes=line["phonemes"], audio=samples))
     return items

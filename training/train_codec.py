@@ -38,7 +38,8 @@ class TrainConfig:
     ctc_weight: float = 0.5  # CTC phoneme loss weight (makes the codes phonetic)
     voc_crop: int = 12_800  # vocoder training crop, samples (0.8 s): the vocoder is the costly part
     voc_pred_after: int = 600  # from this step, half the vocoder crops use the decoder's own mel
-    val_items: int = 24  # held-out corpus items for validation (from the end of the corpus)
+    val_items: int = 24  # held-out corpus items for validation (ids divisible by val_stride)
+    val_stride: int = 53  # every 53rd text is held out: a fixed set however far the corpus grows
     val_every: int = 250  # steps between validations
     save_every_s: float = 180.0  # seconds between resumable checkpoints
     seed: int = 0  # data order and initialisation
@@ -167,11 +168,18 @@ def train(
     run_dir = Path(run)
     run_dir.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    items = read_corpus(data)
-    if len(items) < cfg.val_items + cfg.batch:
-        raise ValueError(f"corpus {data} has {len(items)} items; build a bigger one with `ttt data synth`")
-    hours = sum(len(it.audio) for it in items) / 16000 / 3600
-    val_items, train_items = items[-cfg.val_items :], items[: -cfg.val_items]
+    def load_data() -> tuple[list, list, float, int]:
+        items = read_corpus(data)
+        if len(items) < 2 * cfg.batch:
+            raise ValueError(f"corpus {data} has {len(items)} items; build a bigger one with `ttt data synth`")
+        held = [it for it in items if it.id % cfg.val_stride == 0][: cfg.val_items] or items[-2:]
+        held_ids = {it.id for it in held}
+        hours = sum(len(it.audio) for it in items) / 16000 / 3600
+        shards = len(list(Path(data).glob("shard_*.jsonl")))
+        return held, [it for it in items if it.id not in held_ids], hours, shards
+
+    val_items, train_items, hours, shards = load_data()
+    items = val_items + train_items
 
     last = run_dir / "last.pt"
     state = torch.load(last, weights_only=False) if last.is_file() else None
@@ -233,8 +241,13 @@ def train(
             logf.flush()
             bar.set_postfix(mel=record["mel_l1"], ctc=record["ctc"], voc=record["voc_stft"])
         if step % cfg.val_every == 0:
+            if len(list(Path(data).glob("shard_*.jsonl"))) != shards:  # the corpus grew: train on all of it
+                val_items, train_items, hours, shards = load_data()
+                items = val_items + train_items
+                batches = Batches(train_items, vocab, cfg.batch, cfg.seed + step)
+                log.info("corpus reloaded: %d items, %.2f h", len(items), hours)
             metrics = validate(model, val_items, vocab)
-            record = {"step": step, **metrics}
+            record = {"step": step, **metrics, "corpus_hours": round(hours, 3)}
             logf.write(json.dumps(record) + "\n")
             logf.flush()
             history.append(record)
