@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -211,11 +213,23 @@ class LocalAgreement:
         return n
 
 
+@dataclass(frozen=True)
+class FinalTranscript:
+    """The transcript of a whole turn (so far), and how it was obtained."""
+
+    text: str  # what whisper heard in the turn's audio
+    score: Any  # what the ``then`` callable of :meth:`StreamingTranscriber.speculate` returned, else None
+    speculative: bool  # True when a speculative decode (started in the silence) was reused
+
+
 class StreamingTranscriber:
     """The growing transcript of one turn, re-decoded off the event loop while the user speaks.
 
-    One worker thread decodes; a partial is started when ``partial_interval_ms`` of new audio has
-    arrived and no decode is running (skipped, never queued, so decoding cannot fall behind).
+    One worker thread decodes, so two decodes never run at once. A partial is started when
+    ``partial_interval_ms`` of new audio has arrived and the worker is free (skipped, never
+    queued, so decoding cannot fall behind). When the user falls silent, :meth:`speculate`
+    decodes the turn so far as a candidate final; if the silence turns out to end the speech,
+    :meth:`final` reuses it, so the final transcript is ready almost when the silence is confirmed.
     """
 
     def __init__(self, asr: WhisperAsr, partial_interval_ms: int = 600, min_partial_ms: int = 500):
@@ -231,10 +245,9 @@ class StreamingTranscriber:
         """Start a new turn (a running decode of the old one finishes, and is ignored)."""
         self._chunks: list[np.ndarray] = []
         self._n = 0  # samples in the turn so far
-        self._submitted_at = 0  # turn length when the last decode was started
-        self._running: Future | None = None
-        self._running_n = 0  # audio the running (or last) partial decode covers
-        self._last: tuple[int, str] | None = None  # (samples covered, text) of the last finished partial
+        self._submitted_at = 0  # turn length when the last partial was started
+        self._running: Future | None = None  # the partial decode in flight (or finished, not collected)
+        self._candidate: tuple[int, Future] | None = None  # (samples covered, future) of a speculative final
         self._agreement = LocalAgreement()
 
     @property
@@ -255,16 +268,20 @@ class StreamingTranscriber:
         self._chunks.append(samples)
         self._n += len(samples)
 
+    def _busy(self) -> bool:
+        running = self._running is not None and not self._running.done()
+        return running or (self._candidate is not None and not self._candidate[1].done())
+
     def maybe_start_partial(self) -> bool:
         """Start a partial decode if enough new audio came in and the worker is free.
 
         Call :meth:`take_partial` first: a finished decode must be collected before the next starts.
         """
-        if self._running is not None:
+        if self._running is not None or self._busy():
             return False
         if self._n < self.min_partial or self._n - self._submitted_at < self.interval:
             return False
-        self._submitted_at = self._running_n = self._n
+        self._submitted_at = self._n
         self._running = self._executor.submit(self.asr.transcribe, self.audio.copy())
         return True
 
@@ -282,32 +299,43 @@ class StreamingTranscriber:
         return self._collect()
 
     def _collect(self) -> Hypothesis | None:
-        """Fold a finished decode into the agreement; None when there is none or it said nothing new."""
+        """Fold a finished partial into the agreement; None when it said nothing."""
         running, self._running = self._running, None
-        if running is None:
-            return None
-        text = running.result()
-        previous = self._last
-        self._last = (self._running_n, text)
-        if not text or (previous is not None and previous[1] == text):
-            return None
-        return self._agreement.update(text)
+        text = running.result() if running is not None else ""
+        return self._agreement.update(text) if text else None
 
-    async def final(self, covered_until: float | None = None) -> str:
-        """The transcript of the whole turn so far (awaits a running partial first: one decode at a time).
+    def speculate(self, then: Callable[[str], Any] | None = None) -> Future:
+        """Start decoding the turn so far as a candidate final (queued behind a running partial).
 
-        A partial that already covers ``covered_until`` seconds of the turn's audio is reused.
+        ``then(text)`` runs right after, on the worker (e.g. end-of-turn scoring); the future
+        gives ``(text, then(text) or None)``. A newer candidate replaces an older one.
         """
-        running = self._running
-        if running is not None:
-            await asyncio.wrap_future(running)
-            self._collect()
-        if covered_until is not None and self._last is not None:
-            covered, text = self._last
+
+        def job(audio: np.ndarray) -> tuple[str, Any]:
+            text = self.asr.transcribe(audio)
+            return text, (then(text) if then is not None and text else None)
+
+        future = self._executor.submit(job, self.audio.copy())
+        self._candidate = (self._n, future)
+        return future
+
+    async def final(self, covered_until: float | None = None) -> FinalTranscript:
+        """The transcript of the whole turn so far.
+
+        A speculative decode that covers at least ``covered_until`` seconds of the turn's audio
+        (the speech end) is reused; otherwise the turn is decoded now, after any running decode.
+        """
+        if self._candidate is not None and covered_until is not None:
+            covered, future = self._candidate
             if covered >= min(self._n, int(covered_until * SAMPLE_RATE)):
-                return text
+                text, score = await asyncio.wrap_future(future)
+                return FinalTranscript(text, score, speculative=True)
+        if self._running is not None:
+            await asyncio.wrap_future(self._running)
+            self._collect()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.asr.transcribe, self.audio.copy())
+        text = await loop.run_in_executor(self._executor, self.asr.transcribe, self.audio.copy())
+        return FinalTranscript(text, None, speculative=False)
 
     def close(self) -> None:
         """Stop the worker thread (after the decode it is running)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 import time
 from collections import deque
@@ -29,8 +30,11 @@ from audio_io.frames import AudioFrame
 from audio_io.sources import AudioSource
 from audio_io.vad import SileroVad, VadEvent
 
+log = logging.getLogger("ttt.listen")
+
 PREROLL_S = 0.2  # audio kept before the VAD's speech start: whisper needs the onset
-FINAL_MARGIN_S = 0.1  # a partial covering the speech end plus this much is as good as a final
+FINAL_MARGIN_S = 0.05  # a speculative decode covering the speech end plus this much is the final
+SPECULATE_S = 0.064  # silence (two VAD chunks) after which the turn so far is decoded speculatively
 
 
 @dataclass
@@ -100,6 +104,9 @@ class _Run:
         self.turn_start = 0.0  # source time of the turn audio's first sample
         self.pending: _Pending | None = None
         self.last_end = 0.0  # end of the last frame seen
+        self.silence = 0.0  # length of the current run of silent VAD chunks, inside speech
+        self.candidate_ready: float | None = None  # source time a speculative final (+ score) was ready
+        self.last_partial = ""
 
     def stamp(self, t: float) -> float:
         """Event time: the source clock now when live, else ``t`` (computed from audio and compute)."""
@@ -116,7 +123,8 @@ class _Run:
         for vad_event in vad_events:
             async for event in self._vad_event(vad_event):
                 yield event
-        if self.in_turn and self.pending is None:
+        if self.in_turn and self.pending is None and self.vad.in_speech:
+            await self._maybe_speculate(frame.end)
             async for event in self._partials():
                 yield event
         if self.pending is not None:
@@ -143,25 +151,58 @@ class _Run:
             self.transcriber.push(f.samples)
         self.preroll.clear()
 
+    async def _maybe_speculate(self, now: float) -> None:
+        """Once the user has been silent for SPECULATE_S, decode and score the turn so far."""
+        previous = self.silence
+        for _, p in self.vad.last_chunks:
+            self.silence = self.silence + 0.032 if p < self.vad.neg_threshold else 0.0
+        if not previous < SPECULATE_S <= self.silence:
+            return
+        started = time.perf_counter()
+        future = self.transcriber.speculate(then=self.listener.turns.probability)
+        if not self.live:
+            # Reading faster than real time: the decode runs while the next frames would arrive;
+            # it counts from here, on the source clock, in the end-of-turn stamp if it is reused.
+            await asyncio.wrap_future(future)
+            self.candidate_ready = now + time.perf_counter() - started
+
     async def _partials(self) -> AsyncIterator[HearingEvent]:
         hypothesis = self.transcriber.take_partial()
-        if hypothesis is not None:
-            yield PartialTranscript(self.stamp(self.last_end), hypothesis.text, hypothesis.stable)
-        if self.transcriber.maybe_start_partial() and not self.live:
+        if hypothesis is None and self.transcriber.maybe_start_partial() and not self.live:
             # Reading faster than real time: wait for the decode, as real time would have given it time.
             hypothesis = await self.transcriber.wait_partial()
-            if hypothesis is not None:
-                yield PartialTranscript(self.last_end, hypothesis.text, hypothesis.stable)
+        if hypothesis is not None and hypothesis.text != self.last_partial:
+            self.last_partial = hypothesis.text
+            yield PartialTranscript(self.stamp(self.last_end), hypothesis.text, hypothesis.stable)
 
     async def _speech_ended(self, end: float, detected_at: float) -> None:
         """The critical path: final transcript and P(end of turn), awaited, then the required silence."""
         started = time.perf_counter()
-        text = await self.transcriber.final(covered_until=end - self.turn_start + FINAL_MARGIN_S)
-        loop = asyncio.get_running_loop()
+        self.silence = 0.0
+        final = await self.transcriber.final(covered_until=end - self.turn_start + FINAL_MARGIN_S)
+        text, probability = final.text, final.score
         turns = self.listener.turns
-        probability = await loop.run_in_executor(self.listener._eot_worker, turns.probability, text) if text else 1.0
+        if probability is None:
+            loop = asyncio.get_running_loop()
+            probability = (
+                await loop.run_in_executor(self.listener._eot_worker, turns.probability, text) if text else 1.0
+            )
         compute = time.perf_counter() - started
-        ready = self.stamp(detected_at + compute)
+        since = detected_at
+        if final.speculative and self.candidate_ready is not None:
+            since = max(since, self.candidate_ready)
+        ready = self.stamp(since + compute)
+        log.debug(
+            "speech end %.3f detected %.3f ready %.3f (compute %.0f ms, speculative %s) p=%.3f wait %.0f ms %r",
+            end,
+            detected_at,
+            ready,
+            1000 * compute,
+            final.speculative,
+            probability,
+            1000 * turns.required_silence(probability),
+            text,
+        )
         self.pending = _Pending(end, text, probability, end + turns.required_silence(probability), ready)
 
     def _maybe_end_turn(self, now: float) -> EndOfTurn | None:
@@ -179,6 +220,8 @@ class _Run:
 
     def _end_turn(self) -> None:
         self.in_turn = False
+        self.candidate_ready = None
+        self.last_partial = ""
         self.pending = None
         self.transcriber.reset()
 
@@ -216,11 +259,7 @@ def run_listen(settings: Settings, input_path: str | None = None, realtime: bool
     from audio_io.sources import FileSource, MicrophoneSource
 
     # Open the source first: a bad file is reported before seconds of model loading.
-    source = (
-        FileSource(input_path, realtime=realtime)
-        if input_path
-        else MicrophoneSource(settings.audio.input_device)
-    )
+    source = FileSource(input_path, realtime=realtime) if input_path else MicrophoneSource(settings.audio.input_device)
     listener = Listener(settings)
 
     async def main() -> None:

@@ -61,8 +61,8 @@ class AsrSettings:
     device: str = "cpu"  # "cpu" or "cuda"
     cpu_threads: int = 2  # threads for the CTranslate2 encoder/decoder
     beam_size: int = 1  # greedy by default: partials must be cheap
-    partial_interval_ms: int = 300  # how often a partial hypothesis is re-decoded while the user speaks
-    window_s: float = 10.0  # shortest encoder window (whisper pads to 30 s; shorter makes it loop)
+    partial_interval_ms: int = 600  # new speech between partial re-decodes (each costs ~0.15 s of CPU)
+    window_s: float = 8.0  # shortest encoder window (whisper pads to 30 s; much shorter makes it loop)
     language: str = "en"  # tiny.en is English only
 
 
@@ -72,7 +72,7 @@ class TurnSettings:
 
     min_silence_ms: int = 200  # silence that ends a turn when the transcript is surely complete
     max_silence_ms: int = 2000  # silence that ends a turn whatever the transcript says
-    eot_threshold: float = 0.5  # P(end of turn) at or above which the short wait applies
+    eot_threshold: float = 0.3  # P(end of turn) at or above which the short wait applies (see benchmarks/listen.md)
     system_prompt: str = "You are a helpful voice assistant. Answer briefly."  # prefix the EOT model sees
     torch_threads: int = 1  # torch.set_num_threads for the EOT forward (2 threads spin against whisper's)
 

@@ -74,7 +74,7 @@ class EndOfTurnModel:
         ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids.to(self._prefix_ids.device)
         with self._lock, torch.inference_mode():
             cache = self._prefix_cache
-            out = self.model(ids, past_key_values=cache, use_cache=True)
+            out = self.model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
             # Only the transcript's positions were computed; drop them so the cache holds the prefix again.
             cache.crop(-ids.shape[1])
             logits = out.logits[0, -1].float()
