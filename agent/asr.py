@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from model.assets import WHISPER, AssetError, locate
 
 MAX_WINDOW_S = 30.0  # whisper's positional embeddings cover 30 s of audio
 TAIL_PAD_S = 2.0  # silence after the speech in the window: whisper hears the utterance end
+LOOP_COMPRESSION = 2.4  # whisper's own threshold: text this repetitive is a decoding loop
+NO_REPEAT_NGRAM = 8  # tokens; real speech does not repeat 8 tokens in one turn, whisper loops do
 SILENCE_RMS = 1e-3  # below this (-60 dBFS) an utterance is silence: nothing to decode
 # What whisper says when it hears (almost) nothing; dropped when the audio looks like no speech.
 HALLUCINATIONS = frozenset(
@@ -60,8 +63,27 @@ def _words(text: str) -> list[str]:
     return re.sub(r"[^\w\s']", " ", text.lower()).split()
 
 
+def compression_ratio(text: str) -> float:
+    """Bytes / zlib-compressed bytes: high for looping, repetitive text (whisper's loop test)."""
+    data = text.encode()
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
 def drop_repeated_tail(text: str) -> str:
-    """Cut a trailing sentence that restarts the transcript ("I am here. I am"): a whisper loop."""
+    """Cut whisper's loops: a tail that repeats the words before it ("all for today all for today").
+
+    A tail made of one or more copies of the ``L >= 3`` words in front of it (the last copy may be
+    cut short) is dropped, as is a final sentence that restarts the transcript ("I am here. I am").
+    """
+    words = text.split()
+    norm = [" ".join(_words(w)) for w in words]
+    n = len(words)
+    for period in range(3, n // 2 + 1):
+        start = n  # where the periodic tail begins
+        while start - 1 - period >= 0 and norm[start - 1] == norm[start - 1 - period]:
+            start -= 1
+        if n - start >= period:  # at least one whole copy: a loop, not a coincidence
+            return drop_repeated_tail(" ".join(words[:start]))
     sentences = [s for s in re.split(r"(?<=[.?!])\s+", text.strip()) if s]
     while len(sentences) > 1:
         tail, head = _words(sentences[-1]), _words(" ".join(sentences[:-1]))
@@ -116,15 +138,18 @@ class WhisperAsr:
             if len(audio) / SAMPLE_RATE + TAIL_PAD_S > MAX_WINDOW_S:
                 decoding = self._decode_long(audio)
             else:
-                decoding = self._decode_window(audio)
+                decoding = self._decode_window(audio, self.settings.window_s)
+                if compression_ratio(decoding.text) > LOOP_COMPRESSION:
+                    # Short windows occasionally loop; the full 30 s window rarely does.
+                    decoding = self._decode_window(audio, MAX_WINDOW_S)
         return self._filter(decoding)
 
-    def _decode_window(self, audio: np.ndarray) -> Decoding:
-        """One encoder pass over the audio padded to a short window, then greedy decoding."""
+    def _decode_window(self, audio: np.ndarray, min_window_s: float) -> Decoding:
+        """One encoder pass over the audio padded to a window of at least ``min_window_s``, greedy decoding."""
         import ctranslate2
 
         duration = len(audio) / SAMPLE_RATE
-        window = min(MAX_WINDOW_S, max(duration + TAIL_PAD_S, self.settings.window_s))
+        window = min(MAX_WINDOW_S, max(duration + TAIL_PAD_S, min_window_s))
         n = int(window * SAMPLE_RATE)
         padded = np.zeros(n, np.float32)
         padded[: len(audio)] = audio
@@ -144,6 +169,7 @@ class WhisperAsr:
             return_no_speech_prob=True,
             suppress_blank=True,
             suppress_tokens=[-1],
+            no_repeat_ngram_size=NO_REPEAT_NGRAM,
         )[0]
         tokens = [t for t in result.sequences_ids[0] if t < self.tokenizer.eot]
         text = self.tokenizer.decode(tokens).strip()

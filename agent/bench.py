@@ -167,14 +167,20 @@ def listen_file(listener, path: str | Path) -> ListenResult:  # noqa: ANN001 - a
     return asyncio.run(_listen_file(listener, path))
 
 
-def turn_latencies(turns: list[EndOfTurn], spans: list[tuple[float, float]]) -> list[float]:
-    """For each end_of_turn, its time minus the end of the speech it closes (the last span ended before it)."""
-    latencies = []
+def turn_latencies(turns: list[EndOfTurn], spans: list[tuple[float, float]]) -> list[float | None]:
+    """For each end_of_turn, its time minus the end of the speech it closes: the last span ended before it.
+
+    None for a turn that closes no span (it came before the speech ended: a premature end of turn).
+    """
+    latencies: list[float | None] = []
     for turn in turns:
         ends = [end for _, end in spans if end <= turn.t]
-        if ends:
-            latencies.append(turn.t - ends[-1])
+        latencies.append(turn.t - ends[-1] if ends else None)
     return latencies
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else round(1000 * seconds)
 
 
 def bench_listen(settings: Settings, repeats: int = 3, out: Path | None = Path("benchmarks/listen.md")) -> dict:
@@ -194,7 +200,7 @@ def bench_listen(settings: Settings, repeats: int = 3, out: Path | None = Path("
             listen_file(listener, paused)  # warm-up (first calls allocate)
             for _ in range(max(1, repeats)):
                 result = listen_file(listener, twelve)
-                latencies = turn_latencies(result.turns, spans)
+                latencies = [x for x in turn_latencies(result.turns, spans) if x is not None]
                 runs.append(
                     {
                         "turns": len(result.turns),
@@ -218,9 +224,7 @@ def bench_listen(settings: Settings, repeats: int = 3, out: Path | None = Path("
         "rtf": statistics.median(r["rtf"] for r in runs),
         "paused_turns": len(pause_result.turns),
         "paused_text": [t.text for t in pause_result.turns],
-        "paused_latency_ms": round(1000 * turn_latencies(pause_result.turns, pause_spans)[-1])
-        if pause_result.turns
-        else None,
+        "paused_latency_ms": _ms(turn_latencies(pause_result.turns, pause_spans)[-1]) if pause_result.turns else None,
         "load_s": round(load_s, 2),
     }
     rows = [
