@@ -181,29 +181,21 @@ class SpeechCodec(nn.Module):
 class StreamDecoder:
     """Decode frames as they arrive; the concatenated output equals :meth:`SpeechCodec.decode`.
 
-    Each stage is causal, so its output at position ``t`` is final once its inputs up to ``t`` are
-    (``t + 1`` for the decoder's one-frame lookahead). A push re-runs each stage only on the new
-    positions plus its receptive field of past inputs; the overlap-add holds back the last
-    ``n_fft - hop`` samples until the frames after them arrive. Lookahead in all: 1 frame + 30 ms.
+    Moshi-style explicit state: every causal conv keeps a cache of its last inputs, so each push
+    computes only the new positions. The mel decoder runs one frame behind (its lookahead) and the
+    overlap-add holds back the last ``n_fft - hop`` samples until the frames after them arrive:
+    after ``F`` frames, ``(F - 1) * 1280 - 480`` samples are final (110 ms of lookahead in all).
     """
-
-    MEL_CONTEXT = 40  # past mel frames kept for the vocoder (its receptive field is 30)
 
     def __init__(self, codec: SpeechCodec):
         self.codec = codec
-        # past 12.5 Hz frames the mel decoder needs: first conv 1, blocks 2 each, mel blocks 12/8 -> 2
-        self.code_context = 1 + 2 * len(codec.decoder.blocks) + 3
-        self.q = torch.zeros(0, codec.fsq.groups * codec.fsq.dim, device=codec.device)  # quantised frames
-        self.q_start = 0  # absolute frame index of self.q[0]
-        self.frames = 0  # frames pushed
-        self.mel = torch.zeros(N_MELS, 0, device=codec.device)  # final mel frames (recent ones)
-        self.mel_start = 0  # absolute mel index of self.mel[:, 0]
-        self.mel_done = 0  # mel frames final so far
-        self.spec_done = 0  # mel frames vocoded so far
+        self.dec_state: dict = {}  # conv caches of the mel decoder
+        self.voc_state: dict = {}  # conv caches of the vocoder
         overlap = N_FFT - HOP
         self.acc = torch.zeros(overlap, device=codec.device)  # overlap-add tail (padded positions)
         self.env = torch.zeros(overlap, device=codec.device)  # window energy of that tail
         self.emitted = 0  # padded positions emitted (the first n_fft - hop lie before time 0)
+        self.frames = 0  # frames pushed
         self.gl_codes: list[torch.Tensor] = []  # Griffin-Lim is not causal: it decodes all at flush
 
     @torch.inference_mode()
@@ -212,12 +204,11 @@ class StreamDecoder:
         codes = self.codec._check_codes(codes)
         if codes.ndim != 2 or codes.shape[0] < 1:
             raise ValueError(f"push expects codes of shape [F >= 1, G], got {tuple(codes.shape)}")
+        self.frames += codes.shape[0]
         if not self.codec.config.vocoder:
             self.gl_codes.append(codes)
             return np.zeros(0, np.float32)
-        self.q = torch.cat([self.q, self.codec.fsq.from_codes(codes)])
-        self.frames += codes.shape[0]
-        return self._advance(final=False)
+        return self._advance(self.codec.fsq.from_codes(codes)[None])
 
     @torch.inference_mode()
     def flush(self) -> np.ndarray:
@@ -227,41 +218,21 @@ class StreamDecoder:
                 return np.zeros(0, np.float32)
             codes, self.gl_codes = torch.cat(self.gl_codes), []
             return self.codec.decode(codes[None])[0].cpu().numpy()
-        return self._advance(final=True)
+        if not self.frames:
+            return np.zeros(0, np.float32)
+        width = self.codec.fsq.groups * self.codec.fsq.dim
+        out = self._advance(torch.zeros(1, MelDecoder.LOOKAHEAD, width, device=self.codec.device))
+        tail = self._emit(self.acc / self.env.clamp(min=0.1))
+        self.acc.zero_()
+        self.env.zero_()
+        return np.concatenate([out, tail])
 
-    def _advance(self, final: bool) -> np.ndarray:
-        self._decode_mel(self.frames if final else self.frames - MelDecoder.LOOKAHEAD, final)
-        new = self.mel_done - self.spec_done
-        out = [self._overlap_add(self._vocode(new))] if new > 0 else []
-        if final:
-            tail = self.acc / self.env.clamp(min=0.1)
-            out.append(self._emit(tail))
-            self.acc.zero_()
-            self.env.zero_()
-        return np.concatenate(out) if out else np.zeros(0, np.float32)
-
-    def _decode_mel(self, ready: int, final: bool) -> None:
-        """Make the mel of frames ``< ready`` final."""
-        first = self.mel_done // MEL_PER_FRAME
-        if ready <= first:
-            return
-        start = max(self.q_start, first - self.code_context)
-        end = self.frames if final else ready + MelDecoder.LOOKAHEAD
-        mel = self.codec.mel_from_q(self.q[start - self.q_start : end - self.q_start][None])[0]
-        mel = mel[:, (first - start) * MEL_PER_FRAME : (ready - start) * MEL_PER_FRAME]
-        self.mel = torch.cat([self.mel, mel], 1)
-        self.mel_done += mel.shape[1]
-        keep = max(self.q_start, ready - self.code_context)
-        self.q, self.q_start = self.q[keep - self.q_start :], keep
-
-    def _vocode(self, new: int) -> torch.Tensor:
-        """STFT frames ``[bins, new]`` for the last ``new`` final mel frames."""
-        start = max(self.mel_start, self.mel_done - new - self.MEL_CONTEXT)
-        spec = self.codec.vocoder.spectrum(self.mel[None, :, start - self.mel_start :])[0][:, -new:]
-        self.spec_done += new
-        drop = max(0, self.mel_done - self.MEL_CONTEXT - self.mel_start)
-        self.mel, self.mel_start = self.mel[:, drop:], self.mel_start + drop
-        return spec
+    def _advance(self, q: torch.Tensor) -> np.ndarray:
+        cfg = self.codec.config
+        mel = self.codec.decoder.step(q, self.dec_state) * cfg.mel_std + cfg.mel_mean
+        if mel.shape[-1] == 0:
+            return np.zeros(0, np.float32)
+        return self._overlap_add(self.codec.vocoder.step(mel, self.voc_state)[0])
 
     def _overlap_add(self, spec: torch.Tensor) -> np.ndarray:
         """Overlap-add new STFT frames onto the tail; return the samples no later frame reaches."""

@@ -28,10 +28,27 @@ class MelDecoder(nn.Module):
         self.mel_dim = mel_dim
 
     def forward(self, q: torch.Tensor) -> torch.Tensor:
-        """Decode quantised frames to normalised log-mel."""
-        x = self.blocks(self.inp(q.transpose(1, 2)))
+        """Decode quantised frames ``[B, F, D]`` to normalised log-mel ``[B, n_mels, 8F]``."""
+        return self._mel(self.mel_blocks(self._upsample(self.blocks(self.inp(q.transpose(1, 2))))))
+
+    def _upsample(self, x: torch.Tensor) -> torch.Tensor:
         x = self.up(self.norm(x.transpose(1, 2)))  # [B, F, 8 * mel_dim]
         b, f, _ = x.shape
-        x = x.reshape(b, f * MEL_PER_FRAME, self.mel_dim).transpose(1, 2)
-        x = self.mel_blocks(x)
+        return x.reshape(b, f * MEL_PER_FRAME, self.mel_dim).transpose(1, 2)
+
+    def _mel(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.mel_norm(x.transpose(1, 2))).transpose(1, 2)
+
+    def step(self, q: torch.Tensor, state: dict) -> torch.Tensor:
+        """Streaming :meth:`forward`: new frames in, the mel they complete out (one frame behind).
+
+        ``state`` (a dict, empty at stream start) keeps each conv's cache. To end a stream, push
+        ``LOOKAHEAD`` frames of zeros (the right padding of :meth:`forward`).
+        """
+        x, state["inp"] = self.inp.step(q.transpose(1, 2), state.get("inp"))
+        for i, block in enumerate(self.blocks):
+            x, state[f"b{i}"] = block.step(x, state.get(f"b{i}"))
+        x = self._upsample(x)
+        for i, block in enumerate(self.mel_blocks):
+            x, state[f"m{i}"] = block.step(x, state.get(f"m{i}"))
+        return self._mel(x)

@@ -23,6 +23,20 @@ class CausalConv1d(nn.Conv1d):
         """``[B, C, T]`` -> ``[B, C', T]``."""
         return super().forward(F.pad(x, (self.left, self.lookahead)))
 
+    def step(self, x: torch.Tensor, cache: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Streaming forward: ``cache`` holds the last inputs (None at stream start = zero padding).
+
+        Returns the outputs that ``x`` completes (``lookahead`` fewer on the first call) and the
+        new cache. At the end of a stream, push ``lookahead`` zero frames to match :meth:`forward`.
+        """
+        if cache is None:
+            cache = x.new_zeros(x.shape[0], x.shape[1], self.left)
+        full = torch.cat([cache, x], -1)
+        k = self.kernel_size[0]
+        if full.shape[-1] < k:  # not enough input yet for one output (lookahead at stream start)
+            return x.new_zeros(x.shape[0], self.out_channels, 0), full
+        return F.conv1d(full, self.weight, self.bias, groups=self.groups), full[..., full.shape[-1] - (k - 1) :]
+
 
 class ConvNeXtBlock(nn.Module):
     """Vocos' ConvNeXt block, causal: depthwise conv -> LayerNorm -> MLP, residual with layer scale."""
@@ -37,6 +51,13 @@ class ConvNeXtBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, T]`` -> ``[B, C, T]``."""
-        y = self.dw(x).transpose(1, 2)
-        y = self.down(F.gelu(self.up(self.norm(y))))
+        return self._rest(x, self.dw(x))
+
+    def _rest(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        y = self.down(F.gelu(self.up(self.norm(y.transpose(1, 2)))))
         return x + (self.scale * y).transpose(1, 2)
+
+    def step(self, x: torch.Tensor, cache: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Streaming forward (causal blocks only): see :meth:`CausalConv1d.step`."""
+        y, cache = self.dw.step(x, cache)
+        return self._rest(x, y), cache

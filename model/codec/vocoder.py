@@ -22,7 +22,16 @@ class Vocoder(nn.Module):
 
     def spectrum(self, logmel: torch.Tensor) -> torch.Tensor:
         """Complex STFT frames ``[B, bins, M]`` predicted from ``logmel``."""
-        x = self.blocks(self.inp(logmel))
+        return self._head(self.blocks(self.inp(logmel)))
+
+    def step(self, logmel: torch.Tensor, state: dict) -> torch.Tensor:
+        """Streaming :meth:`spectrum` (``state``: a dict of conv caches, empty at stream start)."""
+        x, state["inp"] = self.inp.step(logmel, state.get("inp"))
+        for i, block in enumerate(self.blocks):
+            x, state[f"b{i}"] = block.step(x, state.get(f"b{i}"))
+        return self._head(x)
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
         x = self.out(self.norm(x.transpose(1, 2))).transpose(1, 2)
         logmag, phase = x.split(self.bins, dim=1)
         mag = torch.exp(logmag.clamp(max=6.0))  # clamp: one wild frame must not blow up the audio
