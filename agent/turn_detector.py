@@ -13,7 +13,9 @@ import math
 import re
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+Scoring = Literal["sentence_end", "im_end", "im_end_normalised"]
 
 _FINAL_PUNCT = re.compile(r"(?<![.?!])[.?!]+$")
 
@@ -30,12 +32,26 @@ def strip_final_punctuation(text: str) -> str:
     return _FINAL_PUNCT.sub("", text).rstrip()
 
 
+def normalise_transcript(text: str) -> str:
+    """LiveKit's normalisation: lowercase, no punctuation (compared with ours in benchmarks/listen.md)."""
+    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
+
+
 class EndOfTurnModel:
     """P(end of user turn | transcript) from a chat LLM, reusing the KV cache of the fixed prefix."""
 
-    def __init__(self, backbone: Any, system_prompt: str):
+    def __init__(self, backbone: Any, system_prompt: str, scoring: Scoring = "sentence_end"):
+        """Prepare the fixed prefix's KV cache; ``scoring`` picks what counts as the end.
+
+        "sentence_end" (default) sums P(<|im_end|>, ".", "?", "!") after the transcript
+        without its final punctuation; "im_end" is P(<|im_end|>) after the transcript as written;
+        "im_end_normalised" is P(<|im_end|>) after the lowercased, unpunctuated transcript.
+        """
         import torch
 
+        if scoring not in ("sentence_end", "im_end", "im_end_normalised"):
+            raise ValueError(f"unknown end-of-turn scoring {scoring!r}; use sentence_end, im_end or im_end_normalised")
+        self.scoring = scoring
         self._torch = torch
         self.model = backbone.model
         self.tokenizer = backbone.tokenizer
@@ -46,7 +62,9 @@ class EndOfTurnModel:
         # Tokens that end the user's message: the chat end marker and sentence-final punctuation.
         finals = [self.tokenizer.convert_tokens_to_ids(t) for t in (".", "?", "!")]
         unk = self.tokenizer.unk_token_id
-        self.end_ids: list[int] = [end_ids[0]] + [i for i in finals if i is not None and i != unk]
+        self.end_ids: list[int] = [end_ids[0]]
+        if scoring == "sentence_end":
+            self.end_ids += [i for i in finals if i is not None and i != unk]
         prefix = self._template_prefix(system_prompt)
         self._prefix_ids = self.tokenizer(prefix, add_special_tokens=False, return_tensors="pt").input_ids.to(
             next(self.model.parameters()).device
@@ -67,16 +85,25 @@ class EndOfTurnModel:
 
     def probability(self, transcript: str) -> float:
         """P(the user's message ends right after ``transcript``); 0.0 when nothing was said yet."""
-        text = strip_final_punctuation(transcript)
+        if self.scoring == "sentence_end":
+            text = strip_final_punctuation(transcript)
+        elif self.scoring == "im_end_normalised":
+            text = normalise_transcript(transcript)
+        else:
+            text = " ".join(transcript.split())
         if not text:
             return 0.0
         torch = self._torch
         ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids.to(self._prefix_ids.device)
         with self._lock, torch.inference_mode():
             cache = self._prefix_cache
-            out = self.model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            # Only the transcript's positions were computed; drop them so the cache holds the prefix again.
-            cache.crop(-ids.shape[1])
+            try:
+                out = self.model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            finally:
+                # Only the transcript's positions were added; drop them so the cache holds the prefix again.
+                extra = cache.get_seq_length() - self._prefix_len
+                if extra > 0:
+                    cache.crop(-extra)
             logits = out.logits[0, -1].float()
         return float(torch.softmax(logits, dim=-1)[self.end_ids].sum())
 
