@@ -43,7 +43,7 @@ class SynthConfig:
 
     hours: float = 1.5  # target hours of speech (estimated from text length while generating texts)
     workers: int = 0  # voicing processes; 0 = one per CPU core
-    shard_size: int = 200  # items per shard
+    shard_size: int = 50  # items per shard (small: training can start on the first shards)
     llm_fraction: float = 0.5  # share of the text (by characters) written by SmolLM2
     llm_budget_s: float = 900.0  # wall-clock cap on LLM text generation per run (it is the slow part)
     llm_batch: int = 32  # prompts generated together
@@ -302,6 +302,18 @@ def _voice_shard(job: tuple[str, int, list[dict], int]) -> tuple[int, int, float
     return index, len(items), float(offsets[-1]) / SAMPLE_RATE
 
 
+def shard_size(out: Path, wanted: int) -> int:
+    """The corpus' shard size: fixed by its first run (``synth.json``), so resumed runs agree."""
+    path = out / "synth.json"
+    if path.is_file():
+        size = json.loads(path.read_text())["shard_size"]
+        if size != wanted:
+            log.warning("corpus %s uses shards of %d items; keeping that (asked for %d)", out, size, wanted)
+        return size
+    path.write_text(json.dumps({"shard_size": wanted}))
+    return wanted
+
+
 def shard_done(out: Path, index: int, expected: int) -> bool:
     """Whether shard ``index`` is finished with ``expected`` items."""
     jsonl, npz = out / f"shard_{index:05d}.jsonl", out / f"shard_{index:05d}.npz"
@@ -312,7 +324,7 @@ def voice_texts(texts: list[dict], out: Path, config: SynthConfig) -> dict:
     """Voice every unfinished shard of ``texts`` with a worker pool; write and return the manifest."""
     from tqdm import tqdm
 
-    size = config.shard_size
+    size = shard_size(out, config.shard_size)
     jobs = []
     for index in range(math.ceil(len(texts) / size)):
         items = texts[index * size : (index + 1) * size]
