@@ -34,9 +34,15 @@ def test_strip_final_punctuation_keeps_signs_of_continuation():
 
 @pytest.fixture(scope="module")
 def eot_model():
+    import torch
+
     from model.backbone import load_backbone
 
-    return EndOfTurnModel(load_backbone(), "You are a helpful voice assistant. Answer briefly.")
+    # As the listener runs it (turn.torch_threads): one thread, no spinning against other work.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield EndOfTurnModel(load_backbone(), "You are a helpful voice assistant. Answer briefly.")
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.slow
