@@ -58,9 +58,11 @@ class Listener:
         s = self.settings
         self.vad = SileroVad.from_settings(s)
         self.asr = WhisperAsr(s.asr, s.assets.whisper)
+        self._torch_threads: int | None = None  # the process's torch threads before ours, restored by close()
         if s.turn.torch_threads > 0:
             import torch
 
+            self._torch_threads = torch.get_num_threads()
             torch.set_num_threads(s.turn.torch_threads)
         backbone = load_backbone(s.assets.llm, s.assets.cache_dir, s.device)
         self.turns = TurnDetector(
@@ -84,8 +86,13 @@ class Listener:
             run.close()
 
     def close(self) -> None:
-        """Stop the worker threads."""
+        """Stop the worker threads and give torch its thread count back."""
         self._eot_worker.shutdown(wait=False, cancel_futures=True)
+        if self._torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(self._torch_threads)
+            self._torch_threads = None
 
 
 class _Run:
