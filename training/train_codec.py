@@ -33,14 +33,14 @@ class TrainConfig:
     """Optimisation settings (the model's sizes live in CodecConfig)."""
 
     batch: int = 8  # utterances per step (similar lengths, padded)
-    lr: float = 1e-3  # AdamW peak learning rate
-    warmup: int = 200  # linear warm-up steps
+    lr: float = 1.5e-3  # AdamW peak learning rate
+    warmup: int = 50  # linear warm-up steps (short: CPU runs are only a few thousand steps)
     ctc_weight: float = 0.5  # CTC phoneme loss weight (makes the codes phonetic)
     voc_crop: int = 12_800  # vocoder training crop, samples (0.8 s): the vocoder is the costly part
     voc_pred_after: int = 600  # from this step, half the vocoder crops use the decoder's own mel
     val_items: int = 24  # held-out corpus items for validation (ids divisible by val_stride)
     val_stride: int = 53  # every 53rd text is held out: a fixed set however far the corpus grows
-    val_every: int = 250  # steps between validations
+    val_every: int = 150  # steps between validations
     save_every_s: float = 180.0  # seconds between resumable checkpoints
     seed: int = 0  # data order and initialisation
 
