@@ -211,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sentences", metavar="FILE", help="dev sentences (default: ../shared/eval/dev_sentences.txt)")
     p.add_argument("--limit", type=int, default=0, help="use only the first N sentences (0 = all)")
     p.add_argument("--png", metavar="FILE", help="write a spectrogram comparison PNG")
+    p.add_argument("--griffin-lim", action="store_true", help="decode with Griffin-Lim, not the vocoder")
     return parser
 
 

@@ -196,6 +196,8 @@ def run_eval_codec(args: argparse.Namespace, settings) -> int:
     if args.limit:
         sentences = sentences[: args.limit]
     codec = load_codec(args.checkpoint)
+    if getattr(args, "griffin_lim", False):
+        codec.config.vocoder = False  # same codes and mel, zero-training vocoder: isolates the vocoder
     transcriber = Transcriber.load(settings.assets.whisper, settings.asr.cpu_threads)
     print(json.dumps(evaluate_codec(codec, sentences, transcriber, png=args.png)))
     return 0
