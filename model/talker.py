@@ -159,6 +159,16 @@ class Talker(nn.Module):
         lm = backbone.model if share else copy.deepcopy(backbone.model)
         return cls(lm, backbone.tokenizer, config, chunking, lora=lora)
 
+    def merge_lora(self) -> None:
+        """Fold the LoRA weights into the backbone's linear layers (inference only: no extra matmuls).
+
+        The adapters stay saved as they are; call again after loading new ones.
+        """
+        if hasattr(self.lm, "merge_adapter"):
+            if getattr(self.lm.base_model, "merged", False):
+                self.lm.unmerge_adapter()
+            self.lm.merge_adapter()
+
     @property
     def device(self) -> torch.device:
         """Where the weights are."""
@@ -663,5 +673,6 @@ def load_talker(
     if path is not None:
         talker.load_trainable(path)
         trained = True
+    talker.merge_lora()
     talker.eval()
     return talker, trained

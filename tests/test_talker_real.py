@@ -1,0 +1,60 @@
+"""The talker on the real SmolLM2-135M backbone and the real codec (untrained until a checkpoint ships)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from model.talker import AudioChunk, TextDelta
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def real_talker():
+    from agent.settings import Settings
+    from model.say import load_for_say
+
+    talker, codec, notes = load_for_say(Settings())
+    return talker, codec
+
+
+def test_first_text_chunk_equals_plain_greedy_decoding(real_talker):
+    """Before any audio span, the talker is the backbone itself (LoRA starts as identity): its first
+    text chunk must be what Hugging Face's own greedy generate writes."""
+    talker, codec = real_talker
+    messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is 2+2?"}]
+    prompt = torch.tensor([talker.prompt_ids(messages)])
+    n = talker.chunking.first_text
+    with torch.inference_mode():
+        reference = talker.lm.generate(prompt, max_new_tokens=n, do_sample=False)[0, prompt.shape[1] :].tolist()
+        events = []
+        for event in talker.stream(messages, codec):
+            events.append(event)
+            if isinstance(event, AudioChunk):
+                break
+    first = events[0]
+    assert isinstance(first, TextDelta) and first.tokens == reference[: len(first.tokens)]
+    assert len(first.tokens) == n or reference[len(first.tokens)] in talker.stop_tokens
+    assert isinstance(events[-1], AudioChunk) and len(events[-1].codes) == talker.chunking.first_audio
+
+
+def test_ttt_say_json_and_wav(tmp_path, capsys):
+    from agent.cli import main
+
+    out = tmp_path / "say.wav"
+    text = "Hello, this is a test of the talker."
+    assert main(["say", text, "--output", str(out), "--json"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    result = json.loads(line)
+    assert set(result) == {"first_audio_s", "audio_s", "rtf", "text"} and result["text"] == text
+    audio, rate = sf.read(out)
+    assert rate == 16000 and abs(len(audio) / rate - result["audio_s"]) < 1e-3
+    assert 0 < result["first_audio_s"] < result["rtf"] * result["audio_s"]  # first sound before the end
+    assert np.isfinite(audio).all() and np.abs(audio).max() > 0
+    assert main(["say", "  ", "--output", str(out)]) == 2  # nothing to say: a clear error, no traceback
+    assert "non-empty" in capsys.readouterr().err
