@@ -303,39 +303,44 @@ def bench_turn(settings: Settings, repeats: int = 3) -> dict:
         *[f"  unfinished: {t}" for t in unfinished],
         sep="\n",
     )
-    for scoring in ("sentence_end", "im_end", "im_end_normalised"):
-        model = EndOfTurnModel(backbone, settings.turn.system_prompt, scoring=scoring)
+    variants = [("sentence_end", False), ("im_end", False), ("im_end_normalised", False), ("sentence_end", True)]
+    for scoring, quantize in variants:
+        model = EndOfTurnModel(backbone, settings.turn.system_prompt, scoring=scoring, quantize=quantize)
+        name = scoring + ("_int8" if quantize else "")
         pc = [model.probability(t) for t in complete]
         pu = [model.probability(t) for t in unfinished]
         # Fraction of (complete, unfinished) pairs scored in the right order (ROC AUC).
         auc = statistics.mean(1.0 if c > u else 0.5 if c == u else 0.0 for c in pc for u in pu)
-        summary[scoring] = {
+        summary[name] = {
             "auc": round(auc, 3),
             "complete_min": round(min(pc), 3),
             "unfinished_max": round(max(pu), 3),
             "complete": [round(p, 3) for p in pc],
             "unfinished": [round(p, 3) for p in pu],
         }
-        print(f"{scoring:18s} AUC {auc:.3f}  complete min {min(pc):.3f}  unfinished max {max(pu):.3f}")
-    model = EndOfTurnModel(backbone, settings.turn.system_prompt)
-    model.probability(BENCH_SENTENCES[0])  # warm-up
-    times, cpu = [], []
-    for _ in range(max(1, repeats)):
-        for text in BENCH_SENTENCES:
-            started, started_cpu = time.perf_counter(), time.thread_time()
-            model.probability(text)
-            times.append(time.perf_counter() - started)
-            cpu.append(time.thread_time() - started_cpu)
-    summary["eot_ms"] = round(1000 * statistics.median(times), 1)
-    # With one torch thread the forward runs on this thread: its CPU time is the wall time it
-    # takes on an idle core, whatever else shares the machine.
-    summary["eot_cpu_ms"] = round(1000 * statistics.median(cpu), 1)
+        print(f"{name:18s} AUC {auc:.3f}  complete min {min(pc):.3f}  unfinished max {max(pu):.3f}")
+    for quantize in (False, True):
+        model = EndOfTurnModel(backbone, settings.turn.system_prompt, quantize=quantize)
+        model.probability(BENCH_SENTENCES[0])  # warm-up
+        times, cpu = [], []
+        for _ in range(max(1, repeats)):
+            for text in BENCH_SENTENCES:
+                started, started_cpu = time.perf_counter(), time.thread_time()
+                model.probability(text)
+                times.append(time.perf_counter() - started)
+                cpu.append(time.thread_time() - started_cpu)
+        key = "eot_int8" if quantize else "eot_fp32"
+        # With one torch thread the forward runs on this thread: its CPU time is about the wall
+        # time it takes on an idle core, whatever else shares the machine.
+        summary[f"{key}_ms"] = round(1000 * statistics.median(times), 1)
+        summary[f"{key}_cpu_ms"] = round(1000 * statistics.median(cpu), 1)
+        print(
+            f"P(end of turn) {key}: median of {len(times)} typical turns {summary[f'{key}_ms']} ms wall, "
+            f"{summary[f'{key}_cpu_ms']} ms CPU"
+        )
     summary["torch_threads"] = settings.turn.torch_threads
     summary["load_avg_1m"] = round(os.getloadavg()[0], 2)
-    print(
-        f"P(end of turn) latency, median of {len(times)} typical turns: {summary['eot_ms']} ms wall, "
-        f"{summary['eot_cpu_ms']} ms CPU (load average {summary['load_avg_1m']} on {os.cpu_count()} cores)"
-    )
+    print(f"load average {summary['load_avg_1m']} on {os.cpu_count()} cores")
     print(json.dumps(summary))
     return summary
 

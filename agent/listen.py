@@ -33,7 +33,7 @@ from audio_io.vad import SileroVad, VadEvent
 log = logging.getLogger("ttt.listen")
 
 PREROLL_S = 0.2  # audio kept before the VAD's speech start: whisper needs the onset
-FINAL_MARGIN_S = 0.05  # a speculative decode covering the speech end plus this much is the final
+FINAL_MARGIN_S = 0.03  # a speculative decode covering the speech end plus this much is the final (< SPECULATE_S)
 SPECULATE_S = 0.064  # silence (two VAD chunks) after which the turn so far is decoded speculatively
 
 
@@ -66,7 +66,7 @@ class Listener:
             torch.set_num_threads(s.turn.torch_threads)
         backbone = load_backbone(s.assets.llm, s.assets.cache_dir, s.device)
         self.turns = TurnDetector(
-            EndOfTurnModel(backbone, s.turn.system_prompt),
+            EndOfTurnModel(backbone, s.turn.system_prompt, quantize=s.turn.quantize),
             min_silence_ms=s.turn.min_silence_ms,
             max_silence_ms=s.turn.max_silence_ms,
             eot_threshold=s.turn.eot_threshold,

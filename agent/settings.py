@@ -70,11 +70,12 @@ class AsrSettings:
 class TurnSettings:
     """End-of-turn decision: silence so far combined with P(end of turn | transcript)."""
 
-    min_silence_ms: int = 200  # silence that ends a turn when the transcript is surely complete
+    min_silence_ms: int = 250  # silence that ends a turn when the transcript is surely complete (> comma pauses)
     max_silence_ms: int = 2000  # silence that ends a turn whatever the transcript says
-    eot_threshold: float = 0.3  # P(end of turn) at or above which the short wait applies (see benchmarks/listen.md)
+    eot_threshold: float = 0.5  # P(end of turn) at or above which the short wait applies (see benchmarks/listen.md)
     system_prompt: str = "You are a helpful voice assistant. Answer briefly."  # prefix the EOT model sees
     torch_threads: int = 1  # torch.set_num_threads for the EOT forward (2 threads spin against whisper's)
+    quantize: bool = True  # score with an int8 copy of the LLM: 3-4x faster on CPU (benchmarks/listen.md)
 
 
 @dataclass

@@ -37,15 +37,32 @@ def normalise_transcript(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
 
 
+def _int8_copy(model: Any) -> Any:
+    """A copy of ``model`` with int8 dynamically quantized nn.Linear layers (CPU inference only)."""
+    import copy
+    import warnings
+
+    import torch
+
+    if next(model.parameters()).device.type != "cpu":
+        return model  # int8 dynamic quantization is a CPU kernel; GPUs are fast enough in fp32
+    with warnings.catch_warnings():
+        # torch.ao.quantization is deprecated in favour of torchao, which we do not depend on.
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
+
+
 class EndOfTurnModel:
     """P(end of user turn | transcript) from a chat LLM, reusing the KV cache of the fixed prefix."""
 
-    def __init__(self, backbone: Any, system_prompt: str, scoring: Scoring = "sentence_end"):
+    def __init__(self, backbone: Any, system_prompt: str, scoring: Scoring = "sentence_end", quantize: bool = False):
         """Prepare the fixed prefix's KV cache; ``scoring`` picks what counts as the end.
 
         "sentence_end" (default) sums P(<|im_end|>, ".", "?", "!") after the transcript
         without its final punctuation; "im_end" is P(<|im_end|>) after the transcript as written;
         "im_end_normalised" is P(<|im_end|>) after the lowercased, unpunctuated transcript.
+        ``quantize`` scores with an int8 (dynamic) copy of the LLM's linear layers: 3-4x faster
+        on CPU; the shared backbone itself is left untouched.
         """
         import torch
 
@@ -53,7 +70,7 @@ class EndOfTurnModel:
             raise ValueError(f"unknown end-of-turn scoring {scoring!r}; use sentence_end, im_end or im_end_normalised")
         self.scoring = scoring
         self._torch = torch
-        self.model = backbone.model
+        self.model = _int8_copy(backbone.model) if quantize else backbone.model
         self.tokenizer = backbone.tokenizer
         self._lock = threading.Lock()  # the cached prefix is shared: one scoring at a time
         end_ids = self.tokenizer.convert_tokens_to_ids(["<|im_end|>"])

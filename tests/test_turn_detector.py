@@ -45,11 +45,20 @@ def eot_model():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def eot_int8(eot_model):
+    from model.backbone import load_backbone
+
+    return EndOfTurnModel(load_backbone(), "You are a helpful voice assistant. Answer briefly.", quantize=True)
+
+
 @pytest.mark.slow
-def test_complete_sentences_score_higher_than_unfinished_phrases(eot_model):
-    complete = [eot_model.probability(t) for t in COMPLETE_PHRASES]
+@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
+def test_complete_sentences_score_higher_than_unfinished_phrases(int8, request):
+    model = request.getfixturevalue("eot_int8" if int8 else "eot_model")
+    complete = [model.probability(t) for t in COMPLETE_PHRASES]
     # As whisper writes them: it ends fragments with a full stop too.
-    unfinished = [eot_model.probability(t + ".") for t in UNFINISHED_PHRASES]
+    unfinished = [model.probability(t + ".") for t in UNFINISHED_PHRASES]
     assert min(complete) > max(unfinished)
     assert min(complete) > 0.15 and max(unfinished) < 0.1
 
