@@ -99,6 +99,7 @@ def load_for_say(settings: Any) -> tuple[Talker, Any, list[str]]:
         notes.append(f"no trained codec at {CHECKPOINT}: using an UNTRAINED codec (the audio is noise)")
     codec = load_codec(path, allow_untrained=True)
     talker, trained = load_talker(settings, codec)
+    talker.prime(SAY_MESSAGES)  # the fixed prompt's KV cache is part of loading, not of each call
     if not trained:
         notes.append("no trained talker checkpoint: the audio parameters are random (timing only)")
     return talker, codec, notes

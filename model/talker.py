@@ -147,6 +147,20 @@ class Talker(nn.Module):
         end = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
         self.end_token: int = end if end is not None else tokenizer.eos_token_id
         self.stop_tokens = {t for t in (self.end_token, tokenizer.eos_token_id) if t is not None}
+        self._primed: _Primed | None = None  # KV cache of a fixed prompt prefix, reused by every stream
+
+    def prime(self, messages: list[dict[str, str]]) -> None:
+        """Compute once the KV cache of ``messages``' prompt (a system prompt, ``say``'s fixed prompt).
+
+        A later :meth:`stream` whose prompt starts with these tokens copies that cache instead of
+        prefilling them again: the prompt's cost moves from the first-audio path to load time.
+        """
+        ids = self.prompt_ids(messages)
+        run = _Run(self, use_cache=True, cancel=None)
+        run.add_text(ids)
+        with torch.inference_mode():
+            hidden = run.forward(_Rows(self.config.groups), keep=True)[-1]
+        self._primed = _Primed(ids, run.done, run.cache, hidden)
 
     @classmethod
     def from_backbone(
@@ -373,7 +387,13 @@ class Talker(nn.Module):
             if not forced:
                 raise ValueError("the text to say is empty; give at least one word")
         run = _Run(self, use_cache=use_cache, cancel=cancel)
-        run.add_text(self.prompt_ids(messages))
+        ids = self.prompt_ids(messages)
+        primed = self._primed
+        if use_cache and primed is not None and ids[: len(primed.ids)] == primed.ids:
+            run.done, run.cache = primed.rows, copy.deepcopy(primed.cache)
+            run.last_hidden = primed.last_hidden
+            ids = ids[len(primed.ids) :]
+        run.add_text(ids)
         try:
             yield from _generate(self, run, codec, forced, options)
         except Cancelled:
@@ -459,6 +479,14 @@ class GenerationOptions:
 
 
 @dataclass
+class _Primed:
+    ids: list[int]  # the prompt tokens whose cache this is
+    rows: _Rows  # their positions
+    cache: Any  # DynamicCache holding exactly those positions (copied before each use)
+    last_hidden: torch.Tensor  # hidden state of the last prompt position (first text token's logits)
+
+
+@dataclass
 class _Failure:
     error: BaseException
 
@@ -475,7 +503,7 @@ class _Run:
         self.done = _Rows(groups)  # in the cache (or, without cache, already final)
         self.pending = _Rows(groups)  # final, not computed yet: they ride along the next pass
         self.passes = 0  # forward passes so far (for tests and benchmarks)
-        self.next_span = 0
+        self.last_hidden: torch.Tensor | None = None  # hidden state of the last position, if it is final
 
     def add_text(self, tokens: list[int]) -> None:
         for tok in tokens:
@@ -514,6 +542,7 @@ class _Run:
         self.pending = _Rows(self.done.groups)
         if keep:
             self.done = self.done.concat(extra)
+        self.last_hidden = h[-1] if keep or not len(extra) else None
         return h
 
 
@@ -595,6 +624,8 @@ def _generate(
             text_done = len(reply) >= len(forced)
         else:
             while len(new) < size:
+                if logits is None and not len(run.pending) and run.last_hidden is not None:
+                    logits = talker.text_logits(run.last_hidden)  # the primed prompt's last position
                 if logits is None:
                     logits = talker.text_logits(run.forward(_Rows(groups), keep=True)[-1])
                 token = _pick(logits, options.temperature, generator)

@@ -338,3 +338,18 @@ def test_incremental_mask_matches_the_full_rule():
         part = allowed(pos[start:], pos, span[start:], span)
         assert torch.equal(part, full[start:])
     assert Kind.FRAME == 2
+
+
+@pytest.mark.parametrize("forced", [True, False])
+def test_primed_prompt_cache_changes_nothing(tokenizer, forced):
+    talker = tiny_talker(tokenizer)
+    text = "Priming only moves the prompt's cost." if forced else None
+    options = GenerationOptions(max_new_tokens=7, frames_per_token=2.0)
+    longer = MESSAGES + [{"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Again."}]
+    with torch.inference_mode():
+        plain = [_summary(talker.stream(m, None, text=text, options=options)) for m in (MESSAGES, longer)]
+        talker.prime(MESSAGES)  # the whole prompt of MESSAGES, a prefix of the longer history
+        primed = _summary(talker.stream(MESSAGES, None, text=text, options=options))
+        primed_longer = _summary(talker.stream(longer, None, text=text, options=options))
+    assert primed == plain[0] and primed_longer == plain[1]
+    assert talker._primed is not None and len(talker._primed.ids) > 5
