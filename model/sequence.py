@@ -1,6 +1,6 @@
 """The interleaved text/audio sequence of an assistant turn, and its attention mask.
 
-Layout of a reply (after the chat prompt, which ends with ``<|im_start|>assistant\\n``)::
+Layout of a reply (after the chat prompt, which ends with ``<|im_start|>assistant`` and a newline)::
 
     t1..tN1 <boa> f1..fM1 <eoa> tN1+1..tN1+N <boa> ..M frames.. <eoa> ... t..tlast <boa> last span <eoa>
 
