@@ -227,6 +227,7 @@ def bench_listen(settings: Settings, repeats: int = 3, out: Path | None = Path("
         "paused_text": [t.text for t in pause_result.turns],
         "paused_latency_ms": _ms(turn_latencies(pause_result.turns, pause_spans)[-1]) if pause_result.turns else None,
         "load_s": round(load_s, 2),
+        "load_avg_1m": round(os.getloadavg()[0], 2),  # other work on the machine inflates latency
     }
     rows = [
         ("end_of_turn events (12 sentences)", f"{summary['turns']:.0f}", "= 12"),
@@ -255,7 +256,8 @@ def _write_report(out: Path, summary: dict, table: list[str], runs: list[dict]) 
         "",
         *table,
         "",
-        f"Model loading (not in the RTF): {summary['load_s']} s. Transcripts of the last run:",
+        f"Model loading (not in the RTF): {summary['load_s']} s. Load average when it finished: "
+        f"{summary['load_avg_1m']} (the machine is shared; latency grows with it). Transcripts of the last run:",
         "",
         *[f"{i + 1}. {text}" for i, text in enumerate(runs[-1]["texts"])],
         "",
