@@ -49,7 +49,10 @@ class _Pending:
 
 
 class Listener:
-    """Loads the VAD, whisper and the end-of-turn model once; ``events(source)`` hears a source."""
+    """Loads the VAD, whisper and the end-of-turn model once; ``events(source)`` hears a source.
+
+    One source at a time: the VAD's state is the listener's.
+    """
 
     def __init__(self, settings: Settings | None = None):
         from model.backbone import load_backbone
@@ -217,8 +220,10 @@ class _Run:
         pending = self.pending
         assert pending is not None
         clock = self.source.now() if self.live else now
-        if clock < pending.deadline or self.vad.last_probability >= self.vad.threshold:
+        if not self.listener.turns.turn_over(clock - pending.end, pending.probability):
             return None
+        if self.vad.last_probability >= self.vad.threshold:
+            return None  # speech seems to resume: let the VAD decide before cutting the turn
         t = self.stamp(max(pending.deadline, pending.ready))
         self._end_turn()
         if not pending.text:

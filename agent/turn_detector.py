@@ -158,3 +158,7 @@ class TurnDetector:
         if p >= self.eot_threshold:
             return lo
         return hi * math.pow(lo / hi, p / self.eot_threshold)
+
+    def turn_over(self, silence: float, probability: float) -> bool:
+        """Whether ``silence`` seconds since the last speech end a turn scored ``probability``."""
+        return silence >= self.required_silence(probability)

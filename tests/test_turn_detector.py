@@ -14,6 +14,7 @@ def test_required_silence_is_monotone_in_p():
     assert waits[0] == pytest.approx(2.0)
     assert detector.required_silence(0.4) == pytest.approx(0.25)
     assert detector.required_silence(0.9) == pytest.approx(0.25)
+    assert detector.turn_over(0.3, 0.9) and not detector.turn_over(0.3, 0.05)
     # Strictly longer waits for less likely ends, below the threshold.
     assert detector.required_silence(0.1) > detector.required_silence(0.2) > detector.required_silence(0.3)
 
