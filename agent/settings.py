@@ -94,6 +94,8 @@ class TalkerSettings:
     code_temperature: float = 0.0  # audio code sampling temperature; 0 = greedy
     max_new_tokens: int = 256  # cap on reply text tokens
     checkpoint: str | None = None  # trained talker safetensors; None = the shipped one, if any
+    threads: int = 0  # torch CPU threads for the talker; 0 = half the cores (at least 1), leaving room
+    # for hearing and audio: on a shared 2-core box one thread is also far steadier than two
 
 
 @dataclass

@@ -691,6 +691,7 @@ def load_talker(
     """
     from model.backbone import load_backbone
 
+    set_threads(getattr(settings.talker, "threads", 0))
     backbone = backbone or load_backbone(settings.assets.llm, settings.assets.cache_dir, settings.device)
     t = settings.talker
     chunking = Chunking(t.first_text_chunk, t.first_audio_chunk, t.text_chunk, t.audio_chunk)
@@ -707,3 +708,14 @@ def load_talker(
     talker.merge_lora()
     talker.eval()
     return talker, trained
+
+
+def set_threads(threads: int = 0) -> int:
+    """Set torch's CPU threads: ``threads``, or half the cores (at least 1) when 0; returns the count.
+
+    Two intra-op threads on two busy cores stall each other at every barrier (a pass went from
+    0.1 s to several seconds under load), so the talker leaves the other half to the rest of the agent.
+    """
+    count = threads if threads > 0 else max(1, (os.cpu_count() or 2) // 2)
+    torch.set_num_threads(count)
+    return count
