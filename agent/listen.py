@@ -32,7 +32,7 @@ from audio_io.vad import SileroVad, VadEvent
 
 log = logging.getLogger("ttt.listen")
 
-PREROLL_S = 0.2  # audio kept before the VAD's speech start: whisper needs the onset
+PREROLL_S = 0.3  # audio kept before the VAD speech start: whisper needs the onset (and drops short first words without)
 FINAL_MARGIN_S = 0.03  # a speculative decode covering the speech end plus this much is the final (< SPECULATE_S)
 SPECULATE_S = 0.064  # silence (two VAD chunks) after which the turn so far is decoded speculatively
 
