@@ -154,3 +154,23 @@ def test_cli_json_on_a_48k_stereo_file(teacher, tmp_path, capsys):
     assert word_error_rate([text], [lines[-1]["text"]]) <= 0.15
     speech_end = 0.5 + len(speech) / 48000
     assert lines[-1]["t"] > speech_end
+
+
+@pytest.mark.slow
+def test_source_ending_mid_speech_ends_the_turn(listener, teacher):
+    from audio_io.resample import to_mono_16k
+    from audio_io.sources import ArraySource
+    from training.teacher import trim_silence
+
+    utterance = teacher.speak("Remind me to buy stamps at the post office.")
+    speech = to_mono_16k(trim_silence(utterance.samples), utterance.sample_rate)
+    audio = np.concatenate([np.zeros(8000, np.float32), speech])  # no silence after the speech
+
+    async def hear():
+        return [e async for e in listener.events(ArraySource(audio))]
+
+    events = asyncio.run(hear())
+    kinds = [e.kind for e in events if not isinstance(e, PartialTranscript)]
+    assert kinds[0] == "speech_start" and kinds[-2:] == ["speech_end", "end_of_turn"], kinds
+    assert "stamps" in events[-1].text.lower()
+    assert events[-1].t >= len(audio) / 16000 - 0.05
