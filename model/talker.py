@@ -39,6 +39,9 @@ SAY_MESSAGES: list[dict[str, str]] = [
 ]
 
 
+END_PRIOR_LOGIT = -8.0  # initial bias of the end-of-audio logit: P(END) ~ 3e-4 before training
+
+
 @dataclass
 class TalkerConfig:
     """Shape of the audio parameters and of the LoRA adapters (saved with the checkpoint)."""
@@ -102,6 +105,8 @@ class AudioParams(nn.Module):
         nn.init.normal_(self.codes.weight, std=init_std / math.sqrt(groups))
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
+        with torch.no_grad():  # END is rare (one frame per reply): start from a prior that says so,
+            self.head.bias[-1] = END_PRIOR_LOGIT  # so untrained weights do not end the audio at random
         self.register_buffer("offsets", torch.arange(groups) * (codebook_size + 1), persistent=False)
 
     def embed_frames(self, codes: torch.Tensor) -> torch.Tensor:
