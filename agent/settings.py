@@ -89,7 +89,7 @@ class TalkerSettings:
     diffusion_steps: int = 4  # S: unmasking steps per audio span
     first_diffusion_steps: int = 2  # S of the first span: fewer passes before the first sound
     max_last_span: int = 125  # cap on the final variable-length span (frames; 10 s)
-    frames_per_token: float = 5.0  # the last span is bounded to this many frames per reply token
+    frames_per_token: float = 4.0  # bound of the last span per reply token (the teacher speaks ~3)
     temperature: float = 0.0  # text sampling temperature; 0 = greedy
     code_temperature: float = 0.0  # audio code sampling temperature; 0 = greedy
     max_new_tokens: int = 256  # cap on reply text tokens

@@ -465,7 +465,7 @@ class GenerationOptions:
     code_temperature: float = 0.0  # audio code sampling temperature; 0 = greedy
     max_new_tokens: int = 256  # cap on reply text tokens
     max_last_span: int = 125  # cap on the last span, in frames
-    frames_per_token: float = 5.0  # bound of the last span: frames per reply token, minus frames so far
+    frames_per_token: float = 4.0  # bound of the last span: frames per reply token, minus frames so far
     seed: int | None = None  # seed for sampling (None: nondeterministic when sampling)
 
     @classmethod
