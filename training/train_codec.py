@@ -217,14 +217,18 @@ def train(
         tmp.replace(last)
 
     start = time.monotonic()
-    saved_at = start
+    saved_at, first_step = start, step
     logf = (run_dir / "log.jsonl").open("a")
     bar = tqdm(desc="codec", unit="step", initial=step, disable=not accelerator.is_main_process)
     record: dict = {}
     codec.train()
     while (time.monotonic() - start) < minutes * 60 and (not steps or step < steps):
         audio, lengths, targets = batches.sample()
-        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+        # warm-up, then cosine decay to 10% over this run's budget (time or steps, whichever is nearer)
+        done = (time.monotonic() - start) / (minutes * 60)
+        if steps:
+            done = max(done, (step - first_step) / max(1, steps - first_step))
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(done, 1.0))))
         for group in opt.param_groups:
             group["lr"] = lr
         losses = codec_losses(model, audio.to(accelerator.device), lengths, targets, cfg, step)
