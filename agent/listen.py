@@ -116,6 +116,9 @@ class _Run:
         self.last_end = 0.0  # end of the last frame seen
         self.silence = 0.0  # length of the current run of silent VAD chunks, inside speech
         self.candidate_ready: float | None = None  # source time a speculative final (+ score) was ready
+        # Fast mode: source time until which the ASR worker would still be busy in real time (a
+        # partial started at t runs until t + its wall time; later work queues behind it).
+        self.worker_free_at = 0.0
         self.last_partial = ""
 
     def stamp(self, t: float) -> float:
@@ -172,15 +175,23 @@ class _Run:
         future = self.transcriber.speculate(then=self.listener.turns.probability)
         if not self.live:
             # Reading faster than real time: the decode runs while the next frames would arrive;
-            # it counts from here, on the source clock, in the end-of-turn stamp if it is reused.
+            # it counts from here (or from when the worker is free), on the source clock, in the
+            # end-of-turn stamp if it is reused.
             await asyncio.wrap_future(future)
-            self.candidate_ready = now + time.perf_counter() - started
+            self.candidate_ready = max(now, self.worker_free_at) + time.perf_counter() - started
+            self.worker_free_at = self.candidate_ready
 
     async def _partials(self) -> AsyncIterator[HearingEvent]:
         hypothesis = self.transcriber.take_partial()
-        if hypothesis is None and self.transcriber.maybe_start_partial() and not self.live:
-            # Reading faster than real time: wait for the decode, as real time would have given it time.
+        # Only while the user is clearly speaking: a partial started as speech fades would hold
+        # the worker when the speculative final is needed.
+        speaking = self.vad.last_probability >= self.vad.threshold
+        if hypothesis is None and speaking and self.transcriber.maybe_start_partial() and not self.live:
+            # Reading faster than real time: wait for the decode, as real time would have given it
+            # time, and remember how long the worker would have been busy.
+            started = time.perf_counter()
             hypothesis = await self.transcriber.wait_partial()
+            self.worker_free_at = max(self.last_end, self.worker_free_at) + time.perf_counter() - started
         if hypothesis is not None and hypothesis.text != self.last_partial:
             self.last_partial = hypothesis.text
             yield PartialTranscript(self.stamp(self.last_end), hypothesis.text, hypothesis.stable)
@@ -198,10 +209,12 @@ class _Run:
                 await loop.run_in_executor(self.listener._eot_worker, turns.probability, text) if text else 1.0
             )
         compute = time.perf_counter() - started
-        since = detected_at
         if final.speculative and self.candidate_ready is not None:
-            since = max(since, self.candidate_ready)
+            since = max(detected_at, self.candidate_ready)
+        else:
+            since = max(detected_at, self.worker_free_at)  # the final decode queued behind any partial
         ready = self.stamp(since + compute)
+        self.worker_free_at = max(self.worker_free_at, ready)
         log.debug(
             "speech end %.3f detected %.3f ready %.3f (compute %.0f ms, speculative %s) p=%.3f wait %.0f ms %r",
             end,
