@@ -93,7 +93,11 @@ def codec_losses(
 ) -> dict[str, torch.Tensor]:
     """All training losses for one batch (``audio`` already padded to whole frames)."""
     target_mel = codec.norm_mel(audio)  # [B, 80, 8F]
-    q = codec.fsq.quantize(codec.encoder(target_mel))
+    z = codec.encoder(target_mel)
+    # keep latents where tanh is not flat: saturated latents get no gradient and codes collapse
+    # (measured: run 1 collapsed to 1-5 codes per group by step 300 without this)
+    saturation = F.relu(z.abs() - 2.0).pow(2).mean()
+    q = codec.fsq.quantize(z)
     pred_mel = codec.decoder(q)
     mel_frames = torch.div(lengths + HOP - 1, HOP, rounding_mode="floor")
     mask = (torch.arange(target_mel.shape[-1])[None] < mel_frames[:, None]).to(audio.device)
@@ -121,19 +125,27 @@ def codec_losses(
     out = codec.vocoder(mel_in)
     voc_stft = stft_loss(out, wav)
     voc_mel = (log_mel(out) - log_mel(wav)).abs().mean()
-    total = mel_l1 + cfg.ctc_weight * ctc + voc_stft + 0.5 * voc_mel
-    return {"loss": total, "mel_l1": mel_l1, "ctc": ctc, "voc_stft": voc_stft, "voc_mel": voc_mel}
+    total = mel_l1 + cfg.ctc_weight * ctc + voc_stft + 0.5 * voc_mel + saturation
+    return {
+        "loss": total,
+        "mel_l1": mel_l1,
+        "ctc": ctc,
+        "voc_stft": voc_stft,
+        "voc_mel": voc_mel,
+        "saturation": saturation,
+    }
 
 
 @torch.no_grad()
 def validate(codec: SpeechCodec, items: list, vocab: str) -> dict[str, float]:
     """Validation mel L1 (normalised log-mel, through the codes) and CTC on held-out items."""
     codec.eval()
-    mel, ctc = [], []
+    mel, ctc, codes = [], [], []
     for it in items:
         audio, lengths, targets = collate([it.audio], [phoneme_ids(it.phonemes, vocab)])
         target = codec.norm_mel(audio)
         q = codec.fsq.quantize(codec.encoder(target))
+        codes.append(codec.fsq.to_codes(q)[0])
         mel.append((codec.decoder(q) - target).abs().mean().item())
         logp = codec.ctc_logits(q)
         ctc.append(
@@ -146,7 +158,18 @@ def validate(codec: SpeechCodec, items: list, vocab: str) -> dict[str, float]:
             ).item()
         )
     codec.train()
-    return {"val_mel_l1": float(np.mean(mel)), "val_ctc": float(np.mean(ctc))}
+    return {"val_mel_l1": float(np.mean(mel)), "val_ctc": float(np.mean(ctc)), "code_ppl": code_perplexity(codes)}
+
+
+def code_perplexity(codes: list[torch.Tensor]) -> list[float]:
+    """Perplexity of each group's code distribution (1 = collapsed, K = uniform)."""
+    flat = torch.cat(codes)
+    out = []
+    for g in range(flat.shape[1]):
+        _, counts = torch.unique(flat[:, g], return_counts=True)
+        p = counts.float() / counts.sum()
+        out.append(round(float(torch.exp(-(p * p.log()).sum())), 1))
+    return out
 
 
 def train(
@@ -168,6 +191,7 @@ def train(
     run_dir = Path(run)
     run_dir.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+
     def load_data() -> tuple[list, list, float, int]:
         items = read_corpus(data)
         if len(items) < 2 * cfg.batch:
@@ -255,7 +279,7 @@ def train(
             logf.write(json.dumps(record) + "\n")
             logf.flush()
             history.append(record)
-            if metrics["val_mel_l1"] < best:
+            if metrics["val_mel_l1"] < best and min(metrics["code_ppl"]) > 4:  # never export a collapse
                 best = metrics["val_mel_l1"]
                 info = {"step": step, "corpus_hours": round(hours, 3), "corpus_items": len(items)}
                 info |= metrics | {"train_config": dataclasses.asdict(cfg)}
