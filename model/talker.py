@@ -345,6 +345,9 @@ class Talker(nn.Module):
         if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
             missing = sorted(set(expected) - set(state))[:3]
             raise AssetError(f"talker checkpoint {path} has the wrong tensors (missing e.g. {missing}); retrain")
+        merged = bool(getattr(getattr(self.lm, "base_model", None), "merged", False))
+        if merged:
+            self.lm.unmerge_adapter()  # take the old adapters out before their weights change
         audio = {k[len("audio.") :]: v for k, v in state.items() if k.startswith("audio.")}
         self.audio.load_state_dict(audio)
         params = dict(self.lm.named_parameters())
@@ -352,6 +355,8 @@ class Talker(nn.Module):
             for key, value in state.items():
                 if key.startswith("lm."):
                     params[key[len("lm.") :]].copy_(value)
+        if merged:
+            self.lm.merge_adapter()
         return {k: json.loads(v) for k, v in meta.items() if k not in ("talker_config", "hidden")}
 
     def _hidden_size(self) -> int:
