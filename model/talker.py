@@ -519,6 +519,7 @@ class _Run:
         for tok in tokens:
             self.pending.add(Kind.TEXT, token=tok)
 
+    @torch.inference_mode()  # per call, not around the generator: the mode must not leak to the consumer
     def forward(self, extra: _Rows, keep: bool) -> torch.Tensor:
         """Run pending + ``extra`` positions; return hidden states [Q, H] of all of them.
 
@@ -635,9 +636,9 @@ def _generate(
         else:
             while len(new) < size:
                 if logits is None and not len(run.pending) and run.last_hidden is not None:
-                    logits = talker.text_logits(run.last_hidden)  # the primed prompt's last position
+                    logits = _infer(talker.text_logits, run.last_hidden)  # the primed prompt's last position
                 if logits is None:
-                    logits = talker.text_logits(run.forward(_Rows(groups), keep=True)[-1])
+                    logits = _infer(talker.text_logits, run.forward(_Rows(groups), keep=True)[-1])
                 token = _pick(logits, options.temperature, generator)
                 logits = None
                 if token in talker.stop_tokens or len(reply) >= options.max_new_tokens:
@@ -664,7 +665,7 @@ def _generate(
             rows = _Rows(groups)
             rows.add_span(frames, span_id, close=False)
             h = run.forward(rows, keep=False)[-length:]
-            code_logits, end_logits = talker.audio.logits(h)
+            code_logits, end_logits = _infer(talker.audio.logits, h)
             guess = guess_frames(code_logits, end_logits, text_done, options.code_temperature, generator)
             frames = commit(frames, guess, count)
         audio = frames[: audio_length(frames)] if text_done else frames
@@ -681,6 +682,11 @@ def _generate(
         # The decided span joins the prefix with the next pass (no pass of its own).
         run.pending.add_span(frames, span_id, close=True)
         span_index += 1
+
+
+@torch.inference_mode()
+def _infer(fn: Any, hidden: torch.Tensor) -> Any:
+    return fn(hidden)
 
 
 def _pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> int:
