@@ -34,13 +34,15 @@ def mel_filterbank(n_mels: int = N_MELS, n_fft: int = N_FFT, sr: int = SAMPLE_RA
     lower = (freqs[None, :] - edges[:-2, None]) / (edges[1:-1, None] - edges[:-2, None])
     upper = (edges[2:, None] - freqs[None, :]) / (edges[2:, None] - edges[1:-1, None])
     fb = np.maximum(0.0, np.minimum(lower, upper)) * (2.0 / (edges[2:] - edges[:-2]))[:, None]
-    return torch.tensor(fb, dtype=torch.float32)
+    with torch.inference_mode(False):  # cached: must stay usable by autograd if first made in inference
+        return torch.tensor(fb, dtype=torch.float32)
 
 
 @functools.lru_cache(maxsize=4)
 def window(n_fft: int = N_FFT) -> torch.Tensor:
     """The periodic Hann analysis/synthesis window."""
-    return torch.hann_window(n_fft, periodic=True)
+    with torch.inference_mode(False):  # cached: must stay usable by autograd if first made in inference
+        return torch.hann_window(n_fft, periodic=True)
 
 
 def stft(audio: torch.Tensor, n_fft: int = N_FFT, hop: int = HOP) -> torch.Tensor:
