@@ -258,7 +258,7 @@ class StreamingTranscriber:
     :meth:`final` reuses it, so the final transcript is ready almost when the silence is confirmed.
     """
 
-    def __init__(self, asr: WhisperAsr, partial_interval_ms: int = 600, min_partial_ms: int = 500):
+    def __init__(self, asr: WhisperAsr, partial_interval_ms: int = 300, min_partial_ms: int = 500):
         if partial_interval_ms <= 0:
             raise ValueError(f"asr.partial_interval_ms must be > 0, got {partial_interval_ms}")
         self.asr = asr

@@ -61,7 +61,7 @@ class AsrSettings:
     device: str = "cpu"  # "cpu" or "cuda"
     cpu_threads: int = 2  # threads for the CTranslate2 encoder/decoder
     beam_size: int = 1  # greedy by default: partials must be cheap
-    partial_interval_ms: int = 600  # new speech between partial re-decodes (each costs ~0.15 s of CPU)
+    partial_interval_ms: int = 300  # new speech between partial re-decodes (each costs ~0.1 s of CPU)
     window_s: float = 8.0  # shortest encoder window (whisper pads to 30 s; much shorter makes it loop)
     language: str = "en"  # tiny.en is English only
 
