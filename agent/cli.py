@@ -20,9 +20,7 @@ class UserError(RuntimeError):
 def _add_common(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("settings")
     group.add_argument("--config", metavar="FILE", help="TOML settings file")
-    group.add_argument(
-        "--set", metavar="SECTION.FIELD=VALUE", action="append", default=[], help="override one setting"
-    )
+    group.add_argument("--set", metavar="SECTION.FIELD=VALUE", action="append", default=[], help="override one setting")
     group.add_argument("--llm", metavar="PATH", help="LLM backbone: local dir, .gguf file, or hub id")
     group.add_argument("--whisper", metavar="PATH", help="CTranslate2 whisper model directory")
     group.add_argument("--vad-model", metavar="PATH", help="silero VAD .onnx file")

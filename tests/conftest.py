@@ -17,3 +17,14 @@ def teacher():
     from training.teacher import teacher_voice
 
     return teacher_voice()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread, as the talker runs by default: two threads on two shared cores stall each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -16,17 +16,10 @@ from model.assets import AssetError
 from model.sequence import Chunking, Kind, allowed, attention_mask, collate
 from model.talker import AudioChunk, GenerationOptions, NoiseConfig, Talker, TalkerConfig, TextDelta
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 MESSAGES = [{"role": "user", "content": "Hi."}]
 CHUNKING = Chunking(first_text=2, first_audio=2, text=3, audio=3)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread, as the talker runs by default: two threads on two shared cores stall each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
