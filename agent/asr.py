@@ -27,6 +27,7 @@ from model.assets import WHISPER, AssetError, locate
 MAX_WINDOW_S = 30.0  # whisper's positional embeddings cover 30 s of audio
 TAIL_PAD_S = 2.0  # silence after the speech in the window: whisper hears the utterance end
 LOOP_COMPRESSION = 2.4  # whisper's own threshold: text this repetitive is a decoding loop
+RESTART_WORDS = 4  # a final sentence opening with the transcript's first 4 words is whisper restarting
 NO_REPEAT_NGRAM = 8  # tokens; real speech does not repeat 8 tokens in one turn, whisper loops do
 SILENCE_RMS = 1e-3  # below this (-60 dBFS) an utterance is silence: nothing to decode
 # What whisper says when it hears (almost) nothing; dropped when the audio looks like no speech.
@@ -73,7 +74,8 @@ def drop_repeated_tail(text: str) -> str:
     """Cut whisper's loops: a tail that repeats the words before it ("all for today all for today").
 
     A tail made of one or more copies of the ``L >= 3`` words in front of it (the last copy may be
-    cut short) is dropped, as is a final sentence that restarts the transcript ("I am here. I am").
+    cut short) is dropped, as is a final sentence that restarts the transcript ("I am here. I am"),
+    even when the restart then drifts from the original words.
     """
     words = text.split()
     norm = [" ".join(_words(w)) for w in words]
@@ -87,7 +89,10 @@ def drop_repeated_tail(text: str) -> str:
     sentences = [s for s in re.split(r"(?<=[.?!])\s+", text.strip()) if s]
     while len(sentences) > 1:
         tail, head = _words(sentences[-1]), _words(" ".join(sentences[:-1]))
-        if tail and head[: len(tail)] == tail:
+        # A restart: the tail opens like the transcript (its first RESTART_WORDS words, or all of
+        # a shorter tail), then drifts ("... for almost two weeks. Last summer we drove along almost").
+        opening = min(len(tail), RESTART_WORDS)
+        if tail and len(tail) <= len(head) and head[:opening] == tail[:opening]:
             sentences.pop()
         else:
             break

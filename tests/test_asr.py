@@ -33,6 +33,9 @@ def asr():
 def test_drop_repeated_tail_cuts_loops_only():
     assert drop_repeated_tail("all for today all for today all for") == "all for today"
     assert drop_repeated_tail("I am thinking about it. I am thinking") == "I am thinking about it."
+    drifting = "Last summer we drove along the coast for almost two weeks. Last summer we drove along the coast almost"
+    assert drop_repeated_tail(drifting) == "Last summer we drove along the coast for almost two weeks."
+    assert drop_repeated_tail("I want to go. I want to stay.") == "I want to go. I want to stay."
     assert drop_repeated_tail("no no no no") == "no no no no"  # one-word repeats are speech
     sentence = "Could you remind me to call my sister at seven tonight?"
     assert drop_repeated_tail(sentence) == sentence
