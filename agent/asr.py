@@ -28,6 +28,7 @@ MAX_WINDOW_S = 30.0  # whisper's positional embeddings cover 30 s of audio
 TAIL_PAD_S = 2.0  # silence after the speech in the window: whisper hears the utterance end
 LOOP_COMPRESSION = 2.4  # whisper's own threshold: text this repetitive is a decoding loop
 RESTART_WORDS = 4  # a final sentence opening with the transcript's first 4 words is whisper restarting
+UNSURE_WORD = 0.5  # a trailing word whisper gives less probability than this is likely invented
 NO_REPEAT_NGRAM = 8  # tokens; real speech does not repeat 8 tokens in one turn, whisper loops do
 SILENCE_RMS = 1e-3  # below this (-60 dBFS) an utterance is silence: nothing to decode
 # What whisper says when it hears (almost) nothing; dropped when the audio looks like no speech.
@@ -43,6 +44,12 @@ class Decoding:
     text: str  # the transcript, whitespace-trimmed ("" when nothing was said)
     no_speech_prob: float  # whisper's P(<|nospeech|>) at the first step
     avg_logprob: float  # mean token log-probability of the hypothesis
+    sure_text: str | None = None  # ``text`` less trailing words whisper was unsure of; None = all of it
+
+    @property
+    def confident(self) -> str:
+        """The words whisper is sure of: what end-of-turn scoring should read."""
+        return self.text if self.sure_text is None else self.sure_text
 
 
 def check_samples(samples: np.ndarray) -> np.ndarray:
@@ -172,14 +179,36 @@ class WhisperAsr:
             max_length=max_length,
             return_scores=True,
             return_no_speech_prob=True,
+            return_logits_vocab=True,
             suppress_blank=True,
             suppress_tokens=[-1],
             no_repeat_ngram_size=NO_REPEAT_NGRAM,
         )[0]
         tokens = [t for t in result.sequences_ids[0] if t < self.tokenizer.eot]
-        text = self.tokenizer.decode(tokens).strip()
+        text = drop_repeated_tail(self.tokenizer.decode(tokens).strip())
         avg = result.scores[0] / (len(tokens) + 1) if result.scores else 0.0
-        return Decoding(drop_repeated_tail(text), float(result.no_speech_prob), float(avg))
+        sure = self._sure_length(tokens, result.logits[0])
+        sure_text = None if sure == len(tokens) else drop_repeated_tail(self.tokenizer.decode(tokens[:sure]).strip())
+        return Decoding(text, float(result.no_speech_prob), float(avg), sure_text)
+
+    def _sure_length(self, tokens: list[int], logits: list[Any]) -> int:
+        """How many leading tokens to keep once trailing words whisper was unsure of are dropped.
+
+        Whisper completes a fragment cut by a pause with an invented word ("a table for" ->
+        "a table for it.", the "it" at P ~0.3, where real last words score > 0.8): such a word
+        must not make the turn look finished. Punctuation after it goes with it.
+        """
+        sure = len(tokens)
+        for i in range(len(tokens) - 1, -1, -1):
+            piece = self.tokenizer.decode([tokens[i]])
+            if not any(c.isalnum() for c in piece):
+                continue  # punctuation: judged with the word before it
+            row = np.asarray(logits[i], dtype=np.float64)
+            probability = 1.0 / np.exp(row - row[tokens[i]]).sum()
+            if probability >= UNSURE_WORD:
+                break
+            sure = i
+        return sure
 
     def _decode_long(self, audio: np.ndarray) -> Decoding:
         """faster-whisper's own 30 s sliding windows, for utterances longer than one window."""
@@ -204,7 +233,7 @@ class WhisperAsr:
         silent = decoding.no_speech_prob > 0.6 and decoding.avg_logprob < -1.0
         stock = " ".join(_words(decoding.text)) in HALLUCINATIONS and decoding.no_speech_prob > 0.2
         if silent or stock:
-            return Decoding("", decoding.no_speech_prob, decoding.avg_logprob)
+            return Decoding("", decoding.no_speech_prob, decoding.avg_logprob, "")
         return decoding
 
 
@@ -251,6 +280,7 @@ class FinalTranscript:
     text: str  # what whisper heard in the turn's audio
     score: Any  # what the ``then`` callable of :meth:`StreamingTranscriber.speculate` returned, else None
     speculative: bool  # True when a speculative decode (started in the silence) was reused
+    confident: str = ""  # ``text`` less trailing words whisper was unsure of (what end of turn reads)
 
 
 class StreamingTranscriber:
@@ -338,13 +368,14 @@ class StreamingTranscriber:
     def speculate(self, then: Callable[[str], Any] | None = None) -> Future:
         """Start decoding the turn so far as a candidate final (queued behind a running partial).
 
-        ``then(text)`` runs right after, on the worker (e.g. end-of-turn scoring); the future
-        gives ``(text, then(text) or None)``. A newer candidate replaces an older one.
+        ``then(confident)`` runs right after, on the worker (e.g. end-of-turn scoring) on the words
+        whisper is sure of; the future gives ``(decoding, then(...) or None)``. A newer candidate
+        replaces an older one.
         """
 
-        def job(audio: np.ndarray) -> tuple[str, Any]:
-            text = self.asr.transcribe(audio)
-            return text, (then(text) if then is not None and text else None)
+        def job(audio: np.ndarray) -> tuple[Decoding, Any]:
+            decoding = self.asr.decode(audio)
+            return decoding, (then(decoding.confident) if then is not None and decoding.text else None)
 
         future = self._executor.submit(job, self.audio.copy())
         self._candidate = (self._n, future)
@@ -359,14 +390,14 @@ class StreamingTranscriber:
         if self._candidate is not None and covered_until is not None:
             covered, future = self._candidate
             if covered >= min(self._n, int(covered_until * SAMPLE_RATE)):
-                text, score = await asyncio.wrap_future(future)
-                return FinalTranscript(text, score, speculative=True)
+                decoding, score = await asyncio.wrap_future(future)
+                return FinalTranscript(decoding.text, score, speculative=True, confident=decoding.confident)
         if self._running is not None:
             await asyncio.wrap_future(self._running)
             self._collect()
         loop = asyncio.get_running_loop()
-        text = await loop.run_in_executor(self._executor, self.asr.transcribe, self.audio.copy())
-        return FinalTranscript(text, None, speculative=False)
+        decoding = await loop.run_in_executor(self._executor, self.asr.decode, self.audio.copy())
+        return FinalTranscript(decoding.text, None, speculative=False, confident=decoding.confident)
 
     def close(self) -> None:
         """Stop the worker thread (after the decode it is running)."""

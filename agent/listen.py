@@ -206,7 +206,9 @@ class _Run:
         if probability is None:
             loop = asyncio.get_running_loop()
             probability = (
-                await loop.run_in_executor(self.listener._eot_worker, turns.probability, text) if text else 1.0
+                await loop.run_in_executor(self.listener._eot_worker, turns.probability, final.confident)
+                if text
+                else 1.0
             )
         compute = time.perf_counter() - started
         if final.speculative and self.candidate_ready is not None:

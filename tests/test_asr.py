@@ -152,7 +152,32 @@ def test_speculative_final_is_reused_only_when_it_covers_the_speech(asr, teacher
         covered, longer = asyncio.run(run())
     finally:
         transcriber.close()
-    assert covered.speculative and covered.score == len(covered.text)
+    assert covered.speculative and covered.score == len(covered.confident)
     assert "radio" in covered.text.lower()
     assert not longer.speculative and longer.score is None
     assert "radio" in longer.text.lower() and "louder" in longer.text.lower()
+
+
+def test_unsure_trailing_words_are_not_confident(asr):
+    """Whisper's invented completion of a cut phrase ("for it.") is left out of what end of turn reads."""
+    tokens = asr.tokenizer.encode(" I would like a table for it.")
+    vocab = 51864
+
+    def rows(unsure: set[int]) -> list[np.ndarray]:
+        out = []
+        for i, token in enumerate(tokens):
+            row = np.zeros(vocab, np.float32)
+            row[token] = 1.0 if i in unsure else 12.0  # ~e / (e + vocab) vs ~1
+            out.append(row)
+        return out
+
+    it = next(i for i, t in enumerate(tokens) if asr.tokenizer.decode([t]).strip() == "it")
+    assert asr._sure_length(tokens, rows(set())) == len(tokens)
+    assert asr.tokenizer.decode(tokens[: asr._sure_length(tokens, rows({it}))]).strip() == "I would like a table for"
+    # An unsure word inside the transcript is not a tail: everything is kept.
+    assert asr._sure_length(tokens, rows({1})) == len(tokens)
+
+
+def test_complete_sentence_is_all_confident(asr, teacher):
+    decoding = asr.decode(voiced(teacher, "Please add tomatoes and onions to the shopping list."))
+    assert decoding.confident == decoding.text
