@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Callable
 
 from agent.settings import Settings, SettingsError, load_settings
@@ -217,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ttt`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # transformers warns about its own deprecated attribute whenever peft wraps a model: not ours to fix.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     from audio_io.frames import AudioError
     from model.assets import AssetError
 
