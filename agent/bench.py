@@ -100,41 +100,6 @@ def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
     return float(jiwer.wer(refs, hyps))
 
 
-def write_turns(
-    turns: list[tuple[str, ...]], path: str | Path, gap_s: float = 1.5, pause_s: float = PAUSE_S
-) -> list[tuple[float, float]]:
-    """Voice ``turns`` (each one or more fragments, ``pause_s`` apart) into a WAV, ``gap_s`` between turns.
-
-    Like :func:`training.teacher.write_conversation`, but a turn may hold pauses; returns each
-    turn's (start of its first fragment, end of its last fragment) in seconds.
-    """
-    import soundfile as sf
-
-    from training.teacher import teacher_voice, trim_silence
-
-    voice = teacher_voice()
-    sr = voice.sample_rate
-    pieces = [np.zeros(int(0.5 * sr), np.float32)]
-    spans = []
-    n = len(pieces[0])
-    for i, fragments in enumerate(turns):
-        start = n / sr
-        for j, fragment in enumerate(fragments):
-            if j:
-                pieces.append(np.zeros(int(pause_s * sr), np.float32))
-                n += len(pieces[-1])
-            audio = trim_silence(voice.speak(fragment).samples)
-            pieces.append(audio)
-            n += len(audio)
-        spans.append((start, n / sr))
-        gap = gap_s if i < len(turns) - 1 else max(gap_s, 2.5)  # room for the last turn to end
-        pieces.append(np.zeros(int(gap * sr), np.float32))
-        n += len(pieces[-1])
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), np.concatenate(pieces), sr)
-    return spans
-
-
 @dataclass
 class ListenResult:
     """What one listen pass over a file gave."""
@@ -187,12 +152,13 @@ def _ms(seconds: float | None) -> int | None:
 def bench_listen(settings: Settings, repeats: int = 3, out: Path | None = Path("benchmarks/listen.md")) -> dict:
     """Run the listen benchmark; print a table and a JSON line; optionally write ``out``."""
     from agent.listen import Listener
+    from training.teacher import write_conversation
 
     with tempfile.TemporaryDirectory(prefix="ttt-bench-") as tmp:
         twelve = Path(tmp) / "twelve.wav"
-        spans = write_turns([(s,) for s in BENCH_SENTENCES], twelve)
+        spans = write_conversation(BENCH_SENTENCES, twelve)
         paused = Path(tmp) / "paused.wav"
-        pause_spans = write_turns([PAUSED_TURN], paused)
+        pause_spans = write_conversation([PAUSED_TURN], paused, pause_s=PAUSE_S)
         started = time.perf_counter()
         listener = Listener(settings)
         load_s = time.perf_counter() - started

@@ -315,12 +315,13 @@ def run_demo(settings: Settings) -> int:
     """``ttt demo``: voice a short conversation with the teacher, hear it, print events and a summary."""
     import tempfile
 
-    from agent.bench import listen_file, turn_latencies, write_turns
+    from agent.bench import listen_file, turn_latencies
+    from training.teacher import write_conversation
 
     with tempfile.TemporaryDirectory(prefix="ttt-demo-") as tmp:
         path = f"{tmp}/conversation.wav"
         print(f"voicing {len(DEMO_TURNS)} turns with the Piper teacher voice (one has a pause mid-phrase)...")
-        spans = write_turns(DEMO_TURNS, path)
+        spans = write_conversation(DEMO_TURNS, path)
         print("loading the VAD, whisper and the end-of-turn LLM...")
         started = time.perf_counter()
         listener = Listener(settings)

@@ -13,10 +13,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def teacher():
-    """The Piper teacher voice (real speech for every hearing test)."""
+    """The Piper teacher voice, steady (no sampling noise): the same speech on every run."""
     from training.teacher import teacher_voice
 
-    return teacher_voice()
+    return teacher_voice(steady=True)
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,11 @@ from agent.bench import (
     PAUSED_TURN,
     listen_file,
     word_error_rate,
-    write_turns,
 )
 from agent.cli import main
 from agent.events import EndOfTurn, PartialTranscript, SpeechEnded, SpeechStarted
 from agent.settings import Settings
+from training.teacher import write_conversation
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def listener():
 @pytest.mark.slow
 def test_twelve_sentences_give_twelve_turns(listener, teacher, tmp_path):
     path = tmp_path / "twelve.wav"
-    spans = write_turns([(s,) for s in BENCH_SENTENCES], path)
+    spans = write_conversation(BENCH_SENTENCES, path, voice=teacher)
     result = listen_file(listener, path)
     seen = [(e.kind, round(e.t, 3), getattr(e, "text", "")) for e in result.events if e.kind != "partial"]
     assert len(result.turns) == 12, seen
@@ -50,7 +50,7 @@ def test_twelve_sentences_give_twelve_turns(listener, teacher, tmp_path):
 @pytest.mark.parametrize("pause_s", [0.7, 1.0])
 def test_pause_inside_an_unfinished_phrase_keeps_one_turn(listener, teacher, tmp_path, pause_s):
     path = tmp_path / "paused.wav"
-    spans = write_turns([PAUSED_TURN], path, pause_s=pause_s)
+    spans = write_conversation([PAUSED_TURN], path, pause_s=pause_s, voice=teacher)
     result = listen_file(listener, path)
     seen = [e.to_json() for e in result.events if not isinstance(e, PartialTranscript)]
     ends = [e for e in result.events if isinstance(e, SpeechEnded)]

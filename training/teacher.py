@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,18 +26,22 @@ class Utterance:
 class TeacherVoice:
     """A Piper voice; ``speak(text)`` returns an :class:`Utterance`. Thread-safe for reading."""
 
-    def __init__(self, voice_path: str | os.PathLike | None = None):
+    def __init__(self, voice_path: str | os.PathLike | None = None, steady: bool = False):
+        """Load the voice; ``steady`` turns off Piper's sampling noise, so a text always sounds the same."""
         from piper import PiperVoice
 
         path = locate(PIPER_VOICE, voice_path)
         self._voice = PiperVoice.load(str(path))
         self.sample_rate: int = self._voice.config.sample_rate
+        self.steady = steady  # tests want the same audio on every run; data wants variety
 
     def speak(self, text: str, length_scale: float | None = None, noise_scale: float | None = None) -> Utterance:
         """Voice ``text``; ``length_scale`` > 1 speaks slower. Raises ValueError on text with nothing to say."""
         from piper import SynthesisConfig
 
         config = SynthesisConfig(length_scale=length_scale, noise_scale=noise_scale)
+        if self.steady:
+            config.noise_scale, config.noise_w_scale = 0.0, 0.0
         chunks = list(self._voice.synthesize(text, syn_config=config))
         if not chunks:
             raise ValueError(f"the teacher voice has nothing to say for {text!r}")
@@ -49,23 +54,25 @@ class TeacherVoice:
         return Utterance(samples=samples, sample_rate=self.sample_rate, text=text, phonemes=phonemes)
 
 
-@functools.lru_cache(maxsize=2)
-def teacher_voice(voice_path: str | None = None) -> TeacherVoice:
+@functools.lru_cache(maxsize=4)
+def teacher_voice(voice_path: str | None = None, steady: bool = False) -> TeacherVoice:
     """A process-wide shared :class:`TeacherVoice` (loading takes about a second)."""
-    return TeacherVoice(voice_path)
+    return TeacherVoice(voice_path, steady)
 
 
 def write_conversation(
-    sentences: list[str],
+    turns: Sequence[str | Sequence[str]],
     path: str | os.PathLike,
     gap_s: float = 1.5,
+    pause_s: float = 0.8,
     lead_s: float = 0.5,
     voice: TeacherVoice | None = None,
 ) -> list[tuple[float, float]]:
-    """Voice ``sentences`` into one WAV with ``gap_s`` of silence between them.
+    """Voice ``turns`` into one WAV with ``gap_s`` of silence between them.
 
-    Returns each sentence's (start, end) of speech in seconds, measured on the samples (leading and
-    trailing near-silence of each synthesis trimmed), so latencies can be measured against them.
+    A turn is a sentence, or a sequence of fragments voiced ``pause_s`` apart (a pause inside the
+    turn). Returns each turn's (start, end) of speech in seconds, measured on the samples (leading
+    and trailing near-silence of each synthesis trimmed), so latencies can be measured against them.
     """
     import soundfile as sf
 
@@ -73,15 +80,19 @@ def write_conversation(
     sr = voice.sample_rate
     pieces = [np.zeros(int(lead_s * sr), np.float32)]
     spans = []
-    cursor = lead_s
-    for i, text in enumerate(sentences):
-        audio = trim_silence(voice.speak(text).samples)
-        spans.append((cursor, cursor + len(audio) / sr))
-        pieces.append(audio)
-        cursor += len(audio) / sr
-        gap = gap_s if i < len(sentences) - 1 else max(gap_s, 2.5)  # room for the last turn to end
+    n = len(pieces[0])
+    for i, turn in enumerate(turns):
+        start = n / sr
+        for j, fragment in enumerate([turn] if isinstance(turn, str) else turn):
+            if j:
+                pieces.append(np.zeros(int(pause_s * sr), np.float32))
+                n += len(pieces[-1])
+            pieces.append(trim_silence(voice.speak(fragment).samples))
+            n += len(pieces[-1])
+        spans.append((start, n / sr))
+        gap = gap_s if i < len(turns) - 1 else max(gap_s, 2.5)  # room for the last turn to end
         pieces.append(np.zeros(int(gap * sr), np.float32))
-        cursor += int(gap * sr) / sr
+        n += len(pieces[-1])
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), np.concatenate(pieces), sr)
     return spans
