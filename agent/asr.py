@@ -28,7 +28,9 @@ MAX_WINDOW_S = 30.0  # whisper's positional embeddings cover 30 s of audio
 TAIL_PAD_S = 2.0  # silence after the speech in the window: whisper hears the utterance end
 LOOP_COMPRESSION = 2.4  # whisper's own threshold: text this repetitive is a decoding loop
 RESTART_WORDS = 4  # a final sentence opening with the transcript's first 4 words is whisper restarting
-UNSURE_WORD = 0.5  # a trailing word whisper gives less probability than this is likely invented
+SURE_WORD = 0.9  # a trailing word whisper gives less probability than this is checked against the audio
+AFTER_SPEECH_S = 0.06  # a word starting this close to (or after) the end of the speech was not said
+TOKENS_PER_SECOND = 50  # whisper's cross-attention time resolution (20 ms)
 NO_REPEAT_NGRAM = 8  # tokens; real speech does not repeat 8 tokens in one turn, whisper loops do
 SILENCE_RMS = 1e-3  # below this (-60 dBFS) an utterance is silence: nothing to decode
 # What whisper says when it hears (almost) nothing; dropped when the audio looks like no speech.
@@ -50,6 +52,16 @@ class Decoding:
     def confident(self) -> str:
         """The words whisper is sure of: what end-of-turn scoring should read."""
         return self.text if self.sure_text is None else self.sure_text
+
+
+def speech_end(audio: np.ndarray, window: int = 320) -> float:
+    """Seconds into ``audio`` where the last loud 20 ms window ends (loud: above 10% of the 95th-percentile level)."""
+    n = len(audio) // window
+    if n == 0:
+        return len(audio) / SAMPLE_RATE
+    rms = np.sqrt(np.mean(audio[: n * window].reshape(n, window) ** 2, axis=1))
+    loud = np.flatnonzero(rms > max(SILENCE_RMS, 0.1 * np.percentile(rms, 95)))
+    return (loud[-1] + 1) * window / SAMPLE_RATE if len(loud) else 0.0
 
 
 def check_samples(samples: np.ndarray) -> np.ndarray:
@@ -187,16 +199,22 @@ class WhisperAsr:
         tokens = [t for t in result.sequences_ids[0] if t < self.tokenizer.eot]
         text = drop_repeated_tail(self.tokenizer.decode(tokens).strip())
         avg = result.scores[0] / (len(tokens) + 1) if result.scores else 0.0
-        sure = self._sure_length(tokens, result.logits[0])
+        end = speech_end(audio) - AFTER_SPEECH_S
+
+        def said(i: int) -> bool:
+            return self._token_start(encoded, tokens, i, n // 160) < end
+
+        sure = self._sure_length(tokens, result.logits[0], said)
         sure_text = None if sure == len(tokens) else drop_repeated_tail(self.tokenizer.decode(tokens[:sure]).strip())
         return Decoding(text, float(result.no_speech_prob), float(avg), sure_text)
 
-    def _sure_length(self, tokens: list[int], logits: list[Any]) -> int:
-        """How many leading tokens to keep once trailing words whisper was unsure of are dropped.
+    def _sure_length(self, tokens: list[int], logits: list[Any], said: Callable[[int], bool]) -> int:
+        """How many leading tokens to keep once trailing words that were not said are dropped.
 
-        Whisper completes a fragment cut by a pause with an invented word ("a table for" ->
-        "a table for it.", the "it" at P ~0.3, where real last words score > 0.8): such a word
-        must not make the turn look finished. Punctuation after it goes with it.
+        Whisper completes a phrase cut by a pause with an invented word ("a table for" -> "a table
+        for it.", the "it" at P ~0.45): such a word must not make the turn look finished. A trailing
+        word whisper is unsure of (P < SURE_WORD) is kept only if ``said(i)``: its token aligns
+        inside the speech, not in the silence after it. Punctuation goes with the word before it.
         """
         sure = len(tokens)
         for i in range(len(tokens) - 1, -1, -1):
@@ -205,10 +223,18 @@ class WhisperAsr:
                 continue  # punctuation: judged with the word before it
             row = np.asarray(logits[i], dtype=np.float64)
             probability = 1.0 / np.exp(row - row[tokens[i]]).sum()
-            if probability >= UNSURE_WORD:
+            if probability >= SURE_WORD or said(i):
                 break
             sure = i
         return sure
+
+    def _token_start(self, encoded: Any, tokens: list[int], index: int, frames: int) -> float:
+        """Seconds into the window where token ``index`` starts, from whisper's cross-attention alignment."""
+        result = self.model.model.align(encoded, self.tokenizer.sot_sequence, [tokens], frames)[0]
+        pairs = np.asarray(result.alignments).reshape(-1, 2)
+        jumps = np.diff(pairs[:, 0], prepend=-1) != 0  # the first time step of each token
+        starts = pairs[jumps, 1] / TOKENS_PER_SECOND
+        return float(starts[index]) if index < len(starts) else float("inf")
 
     def _decode_long(self, audio: np.ndarray) -> Decoding:
         """faster-whisper's own 30 s sliding windows, for utterances longer than one window."""

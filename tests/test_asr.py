@@ -11,6 +11,7 @@ from agent.asr import (
     WhisperAsr,
     compression_ratio,
     drop_repeated_tail,
+    speech_end,
 )
 from agent.bench import normalise_text, word_error_rate
 from audio_io.frames import FRAME_SAMPLES, AudioError
@@ -158,7 +159,7 @@ def test_speculative_final_is_reused_only_when_it_covers_the_speech(asr, teacher
     assert "radio" in longer.text.lower() and "louder" in longer.text.lower()
 
 
-def test_unsure_trailing_words_are_not_confident(asr):
+def test_unsure_trailing_words_are_kept_only_if_said(asr):
     """Whisper's invented completion of a cut phrase ("for it.") is left out of what end of turn reads."""
     tokens = asr.tokenizer.encode(" I would like a table for it.")
     vocab = 51864
@@ -167,15 +168,24 @@ def test_unsure_trailing_words_are_not_confident(asr):
         out = []
         for i, token in enumerate(tokens):
             row = np.zeros(vocab, np.float32)
-            row[token] = 1.0 if i in unsure else 12.0  # ~e / (e + vocab) vs ~1
+            row[token] = 1.0 if i in unsure else 14.0  # P ~ e / (e + vocab) vs ~0.99
             out.append(row)
         return out
 
     it = next(i for i, t in enumerate(tokens) if asr.tokenizer.decode([t]).strip() == "it")
-    assert asr._sure_length(tokens, rows(set())) == len(tokens)
-    assert asr.tokenizer.decode(tokens[: asr._sure_length(tokens, rows({it}))]).strip() == "I would like a table for"
-    # An unsure word inside the transcript is not a tail: everything is kept.
-    assert asr._sure_length(tokens, rows({1})) == len(tokens)
+    never_said = lambda i: False  # noqa: E731
+    assert asr._sure_length(tokens, rows(set()), never_said) == len(tokens)  # sure words need no check
+    cut = asr._sure_length(tokens, rows({it}), never_said)
+    assert asr.tokenizer.decode(tokens[:cut]).strip() == "I would like a table for"
+    assert asr._sure_length(tokens, rows({it}), lambda i: True) == len(tokens)  # unsure but heard: kept
+    assert asr._sure_length(tokens, rows({1}), never_said) == len(tokens)  # not a trailing word
+
+
+def test_speech_end_is_the_last_loud_window():
+    audio = np.zeros(16000, np.float32)
+    audio[3200:8000] = 0.3 * np.sin(np.arange(4800) / 5)
+    assert abs(speech_end(audio) - 0.5) < 0.021
+    assert speech_end(np.zeros(16000, np.float32)) == 0.0
 
 
 def test_complete_sentence_is_all_confident(asr, teacher):
