@@ -199,10 +199,14 @@ class WhisperAsr:
         tokens = [t for t in result.sequences_ids[0] if t < self.tokenizer.eot]
         text = drop_repeated_tail(self.tokenizer.decode(tokens).strip())
         avg = result.scores[0] / (len(tokens) + 1) if result.scores else 0.0
-        end = speech_end(audio) - AFTER_SPEECH_S
+        checked: dict[str, Any] = {}  # the speech end and the alignment, computed once and only if needed
 
         def said(i: int) -> bool:
-            return self._token_start(encoded, tokens, i, n // 160) < end
+            if not checked:
+                checked["end"] = speech_end(audio) - AFTER_SPEECH_S
+                checked["starts"] = self._token_starts(encoded, tokens, n // 160)
+            starts = checked["starts"]
+            return i < len(starts) and starts[i] < checked["end"]
 
         sure = self._sure_length(tokens, result.logits[0], said)
         sure_text = None if sure == len(tokens) else drop_repeated_tail(self.tokenizer.decode(tokens[:sure]).strip())
@@ -228,13 +232,12 @@ class WhisperAsr:
             sure = i
         return sure
 
-    def _token_start(self, encoded: Any, tokens: list[int], index: int, frames: int) -> float:
-        """Seconds into the window where token ``index`` starts, from whisper's cross-attention alignment."""
+    def _token_starts(self, encoded: Any, tokens: list[int], frames: int) -> np.ndarray:
+        """Seconds into the window where each token starts, from whisper's cross-attention alignment."""
         result = self.model.model.align(encoded, self.tokenizer.sot_sequence, [tokens], frames)[0]
         pairs = np.asarray(result.alignments).reshape(-1, 2)
         jumps = np.diff(pairs[:, 0], prepend=-1) != 0  # the first time step of each token
-        starts = pairs[jumps, 1] / TOKENS_PER_SECOND
-        return float(starts[index]) if index < len(starts) else float("inf")
+        return pairs[jumps, 1] / TOKENS_PER_SECOND
 
     def _decode_long(self, audio: np.ndarray) -> Decoding:
         """faster-whisper's own 30 s sliding windows, for utterances longer than one window."""
