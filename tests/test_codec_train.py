@@ -34,3 +34,44 @@ def test_train_resume_and_export(tmp_path, teacher):
     assert all(len(r["code_ppl"]) == small.groups for r in logged if "code_ppl" in r)
     if (export / "codec.safetensors").is_file():  # exported only when the codes did not collapse
         assert load_codec(export / "codec.safetensors").config.enc_dim == 64
+
+
+def test_vocoder_trains_only_every_nth_step():
+    import torch
+
+    from model.codec import SpeechCodec
+    from training.train_codec import codec_losses
+
+    torch.manual_seed(0)
+    codec = SpeechCodec(CodecConfig(enc_dim=32, dec_dim=32, dec_mel_dim=16, voc_dim=16, enc_blocks=1, dec_blocks=1))
+    audio = 0.1 * torch.randn(2, 1280 * 4)
+    lengths, targets = torch.tensor([1280 * 4, 1280 * 3]), [[1, 2, 3], [4, 5]]
+    cfg = TrainConfig(voc_every=2, voc_crop=1600)
+    skipped = codec_losses(codec, audio, lengths, targets, cfg, step=1)
+    assert "voc_stft" not in skipped
+    skipped["loss"].backward()
+    assert all(p.grad is None for p in codec.vocoder.parameters())
+    trained = codec_losses(codec, audio, lengths, targets, cfg, step=2)
+    trained["loss"].backward()
+    assert all(p.grad is not None for p in codec.vocoder.parameters())
+
+
+@pytest.mark.slow
+def test_new_run_starts_from_init_weights(tmp_path, teacher):
+    import torch
+
+    from model.codec import SpeechCodec
+    from model.codec.codec import save_codec
+
+    corpus = tmp_path / "corpus"
+    synthesize(corpus, SynthConfig(workers=1, shard_size=4), texts=["Good morning.", "Yes, please.", "Call Anna.", "No."])
+    small = CodecConfig(enc_dim=32, dec_dim=32, dec_mel_dim=16, voc_dim=16, enc_blocks=1, dec_blocks=1)
+    torch.manual_seed(1)
+    start = SpeechCodec(small)
+    save_codec(start, tmp_path / "start.safetensors")
+    cfg = TrainConfig(batch=2, val_items=1, val_stride=2, val_every=100, voc_crop=3200, lr=0.0)  # lr 0: no update
+    train(str(corpus), str(tmp_path / "run"), minutes=5, steps=1, cfg=cfg, init=str(tmp_path / "start.safetensors"))
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert state["codec_config"]["enc_dim"] == 32
+    for name, value in start.state_dict().items():
+        torch.testing.assert_close(state["model"][name], value.half().float())

@@ -46,7 +46,7 @@ class SynthConfig:
     shard_size: int = 50  # items per shard (small: training can start on the first shards)
     llm_fraction: float = 0.5  # share of the text (by characters) written by SmolLM2
     llm_budget_s: float = 900.0  # wall-clock cap on LLM text generation per run (it is the slow part)
-    llm_batch: int = 32  # prompts generated together
+    llm_batch: int = 64  # prompts generated together (64: 130 sentences a minute on 2 cores, measured)
     seed: int = 0  # texts and speaking-rate variation are reproducible from this
 
 

@@ -38,6 +38,7 @@ class TrainConfig:
     ctc_weight: float = 0.5  # CTC phoneme loss weight (makes the codes phonetic)
     voc_crop: int = 12_800  # vocoder training crop, samples (0.8 s): the vocoder is the costly part
     voc_pred_after: int = 600  # from this step, half the vocoder crops use the decoder's own mel
+    voc_every: int = 1  # train the vocoder on every Nth step only (it is ~40% of a step's CPU time)
     val_items: int = 24  # held-out corpus items for validation (ids divisible by val_stride)
     val_stride: int = 53  # every 53rd text is held out: a fixed set however far the corpus grows
     val_every: int = 150  # steps between validations
@@ -109,7 +110,23 @@ def codec_losses(
     tgt_len = torch.tensor([len(seq) for seq in targets], dtype=torch.long)
     ctc = F.ctc_loss(logp.transpose(0, 1), flat, in_len, tgt_len, blank=0, zero_infinity=True)
 
-    # vocoder on a random crop per clip: ground-truth mel, or (later) the decoder's own mel
+    losses = {"mel_l1": mel_l1, "ctc": ctc, "saturation": saturation}
+    total = mel_l1 + cfg.ctc_weight * ctc + saturation
+    if step % cfg.voc_every == 0:
+        losses |= vocoder_losses(codec, audio, pred_mel, mel_frames, cfg, step)
+        total = total + losses["voc_stft"] + 0.5 * losses["voc_mel"]
+    return {"loss": total, **losses}
+
+
+def vocoder_losses(
+    codec: SpeechCodec,
+    audio: torch.Tensor,
+    pred_mel: torch.Tensor,
+    mel_frames: torch.Tensor,
+    cfg: TrainConfig,
+    step: int,
+) -> dict[str, torch.Tensor]:
+    """The vocoder on a random crop per clip: ground-truth mel, or (later) the decoder's own mel."""
     crop_frames = cfg.voc_crop // HOP
     use_pred = step >= cfg.voc_pred_after and random.random() < 0.5
     source = (pred_mel.detach() * codec.config.mel_std + codec.config.mel_mean) if use_pred else None
@@ -125,15 +142,7 @@ def codec_losses(
     out = codec.vocoder(mel_in)
     voc_stft = stft_loss(out, wav)
     voc_mel = (log_mel(out) - log_mel(wav)).abs().mean()
-    total = mel_l1 + cfg.ctc_weight * ctc + voc_stft + 0.5 * voc_mel + saturation
-    return {
-        "loss": total,
-        "mel_l1": mel_l1,
-        "ctc": ctc,
-        "voc_stft": voc_stft,
-        "voc_mel": voc_mel,
-        "saturation": saturation,
-    }
+    return {"voc_stft": voc_stft, "voc_mel": voc_mel}
 
 
 @torch.no_grad()
@@ -180,8 +189,12 @@ def train(
     cfg: TrainConfig | None = None,
     codec_cfg: CodecConfig | None = None,
     export: str | None = None,
+    init: str | None = None,
 ) -> dict:
-    """Train (resuming ``run/last.pt`` if present) until ``minutes`` or ``steps``; return the last log."""
+    """Train (resuming ``run/last.pt`` if present) until ``minutes`` or ``steps``; return the last log.
+
+    ``init``: a codec.safetensors whose weights (and sizes) start a new run; ignored when resuming.
+    """
     from accelerate import Accelerator
     from tqdm import tqdm
 
@@ -210,7 +223,17 @@ def train(
     if state is not None:
         codec_cfg = CodecConfig.from_dict(state["codec_config"])
     torch.manual_seed(cfg.seed)
-    codec = SpeechCodec(codec_cfg or CodecConfig())
+    if state is None and init:
+        from model.codec.codec import load_codec
+
+        start_from = load_codec(init)
+        if not start_from.config.vocoder:
+            raise ValueError(f"--init {init} has no vocoder weights; start from a full codec checkpoint")
+        codec = SpeechCodec(start_from.config)
+        codec.load_state_dict(start_from.state_dict())
+        log.info("new run initialised from %s", init)
+    else:
+        codec = SpeechCodec(codec_cfg or CodecConfig())
     opt = torch.optim.AdamW(codec.parameters(), lr=cfg.lr, betas=(0.8, 0.99), weight_decay=0.01)
     step, best, history = 0, math.inf, []
     if state is not None:
@@ -267,7 +290,7 @@ def train(
             record |= {k: round(v.item(), 4) for k, v in losses.items()}
             logf.write(json.dumps(record) + "\n")
             logf.flush()
-            bar.set_postfix(mel=record["mel_l1"], ctc=record["ctc"], voc=record["voc_stft"])
+            bar.set_postfix(mel=record["mel_l1"], ctc=record["ctc"], voc=record.get("voc_stft"))
         if step % cfg.val_every == 0:
             if len(list(Path(data).glob("shard_*.jsonl"))) != shards:  # the corpus grew: train on all of it
                 val_items, train_items, hours, shards = load_data()
@@ -299,7 +322,9 @@ def run_train_codec(args: argparse.Namespace) -> int:
     """``ttt train codec``."""
     torch.set_num_threads(max(1, args.threads))
     logging.basicConfig(level=logging.INFO)
-    cfg = TrainConfig(batch=args.batch)
-    record = train(args.data, args.run, args.minutes, args.steps, cfg, export=args.export)
+    cfg = TrainConfig(batch=args.batch, voc_every=args.voc_every)
+    if args.lr:
+        cfg.lr = args.lr
+    record = train(args.data, args.run, args.minutes, args.steps, cfg, export=args.export, init=args.init)
     print(json.dumps(record))
     return 0
