@@ -325,6 +325,7 @@ def run_train_codec(args: argparse.Namespace) -> int:
     cfg = TrainConfig(batch=args.batch, voc_every=args.voc_every)
     if args.lr:
         cfg.lr = args.lr
-    record = train(args.data, args.run, args.minutes, args.steps, cfg, export=args.export, init=args.init)
+    codec_cfg = CodecConfig(groups=args.groups) if args.groups else None
+    record = train(args.data, args.run, args.minutes, args.steps, cfg, codec_cfg, export=args.export, init=args.init)
     print(json.dumps(record))
     return 0
