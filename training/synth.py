@@ -274,7 +274,7 @@ def _voice_shard(job: tuple[str, int, list[dict], int]) -> tuple[int, int, float
     out, index, items, seed = job
     from training.teacher import teacher_voice
 
-    voice = teacher_voice()
+    voice = teacher_voice(threads=1)  # one worker process per core
     rng = random.Random(seed * 7919 + index)
     audio, lines = [], []
     for item in items:

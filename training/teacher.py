@@ -26,12 +26,23 @@ class Utterance:
 class TeacherVoice:
     """A Piper voice; ``speak(text)`` returns an :class:`Utterance`. Thread-safe for reading."""
 
-    def __init__(self, voice_path: str | os.PathLike | None = None, steady: bool = False):
-        """Load the voice; ``steady`` turns off Piper's sampling noise, so a text always sounds the same."""
+    def __init__(self, voice_path: str | os.PathLike | None = None, steady: bool = False, threads: int = 0):
+        """Load the voice; ``steady`` turns off Piper's sampling noise, so a text always sounds the same.
+
+        ``threads`` > 0 caps onnxruntime's threads (one voicing process per core wants 1: with the
+        default, one thread per core in every process, the processes fight over the cores).
+        """
+        import onnxruntime
         from piper import PiperVoice
 
         path = locate(PIPER_VOICE, voice_path)
         self._voice = PiperVoice.load(str(path))
+        if threads > 0:
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = options.inter_op_num_threads = threads
+            self._voice.session = onnxruntime.InferenceSession(
+                str(path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
         self.sample_rate: int = self._voice.config.sample_rate
         self.steady = steady  # tests want the same audio on every run; data wants variety
 
@@ -55,9 +66,9 @@ class TeacherVoice:
 
 
 @functools.lru_cache(maxsize=4)
-def teacher_voice(voice_path: str | None = None, steady: bool = False) -> TeacherVoice:
+def teacher_voice(voice_path: str | None = None, steady: bool = False, threads: int = 0) -> TeacherVoice:
     """A process-wide shared :class:`TeacherVoice` (loading takes about a second)."""
-    return TeacherVoice(voice_path, steady)
+    return TeacherVoice(voice_path, steady, threads)
 
 
 def write_conversation(
