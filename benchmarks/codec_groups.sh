@@ -13,5 +13,5 @@ for g in 1 2 4; do
   "$ttt" train codec --data "$corpus" --run "$run" --groups "$g" --steps "$steps" --minutes 600 \
     --threads 1 --voc-every 1000000 > "$run.train.log" 2>&1
   "$ttt" eval codec --checkpoint "$run/best.safetensors" --griffin-lim > "$run.eval.json"
-  echo "G=$g $(tail -n 1 "$run/log.jsonl") $(cat "$run.eval.json")"
+  echo "G=$g $(grep val_mel "$run/log.jsonl" | tail -n 1) $(cat "$run.eval.json")"
 done
