@@ -80,9 +80,20 @@ def number_words(n: int) -> str:
     return number_words(n // 1000) + " thousand" + ("" if rest == 0 else " " + number_words(rest))
 
 
+# whisper writes "you're" for "you are" and back: both sides are expanded before words are compared
+_CONTRACTIONS = {
+    "n't": " not", "'re": " are", "'m": " am", "'ll": " will", "'ve": " have", "'d": " would",
+    "let's": "let us", "it's": "it is", "that's": "that is", "what's": "what is", "there's": "there is",
+    "here's": "here is", "he's": "he is", "she's": "she is", "who's": "who is", "where's": "where is",
+}  # fmt: skip
+
+
 def normalise_text(text: str) -> str:
     """Lowercase words without punctuation, digits spelled out (whisper writes "7" for "seven")."""
-    text = text.lower().replace("%", " percent")
+    text = text.lower().replace("%", " percent").replace("\u2019", "'")
+    text = re.sub(r"\b(can't|won't)", lambda m: {"can't": "can not", "won't": "will not"}[m.group(1)], text)
+    text = re.sub(r"\b\w+'s\b", lambda m: _CONTRACTIONS.get(m.group(), m.group()), text)
+    text = re.sub(r"(n't|'re|'m|'ll|'ve|'d)\b", lambda m: _CONTRACTIONS[m.group()], text)
     text = re.sub(r"(\d+):(\d\d)", lambda m: f"{m.group(1)} {int(m.group(2)) or ''}", text)
     text = re.sub(r"\d+", lambda m: f" {number_words(int(m.group()))} " if len(m.group()) < 7 else m.group(), text)
     text = re.sub(r"[^a-z0-9' ]+", " ", text).replace("'", "")

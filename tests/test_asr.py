@@ -191,3 +191,11 @@ def test_speech_end_is_the_last_loud_window():
 def test_complete_sentence_is_all_confident(asr, teacher):
     decoding = asr.decode(voiced(teacher, "Please add tomatoes and onions to the shopping list."))
     assert decoding.confident == decoding.text
+
+
+def test_normalise_text_spells_numbers_and_expands_contractions():
+    assert normalise_text("Let me know when you're ready!") == normalise_text("let me know when you are ready")
+    assert normalise_text("It's 8 o'clock, 40% done.") == "it is eight oclock forty percent done"
+    assert normalise_text("I can't and won't; he didn't") == "i can not and will not he did not"
+    assert normalise_text("John's car") == "johns car"  # a possessive is not a contraction
+    assert word_error_rate(["Set a timer for ten minutes."], ["Set a timer for 10 minutes"]) == 0.0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import time
 from dataclasses import dataclass
@@ -55,11 +54,6 @@ def run_roundtrip(input_path: str, output_path: str, checkpoint: str | None = No
 
 
 # --- dev-set evaluation --------------------------------------------------------------------
-
-
-def normalise_words(text: str) -> str:
-    """Lowercase words without punctuation, for WER."""
-    return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text.lower().replace("-", " ")).split())
 
 
 def mel_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -124,6 +118,7 @@ def evaluate_codec(
     """WER of the teacher's audio and of its resynthesis, mel distance, bitrate and RTFs."""
     import jiwer
 
+    from agent.bench import normalise_text
     from audio_io.resample import to_mono_16k
     from training.teacher import teacher_voice
 
@@ -145,10 +140,10 @@ def evaluate_codec(
         seconds += len(audio) / SAMPLE_RATE
         dists.append(mel_distance(audio, out))
         if transcriber is not None:
-            refs.append(normalise_words(text))
-            hyp_orig.append(normalise_words(transcriber(audio)))
-            hyp_resyn.append(normalise_words(transcriber(out)))
-            hyp_copy.append(normalise_words(transcriber(copy_synthesis(codec, audio))))
+            refs.append(normalise_text(text))
+            hyp_orig.append(normalise_text(transcriber(audio)))
+            hyp_resyn.append(normalise_text(transcriber(out)))
+            hyp_copy.append(normalise_text(transcriber(copy_synthesis(codec, audio))))
         if first is None:
             first = (audio, out)
     result = {
