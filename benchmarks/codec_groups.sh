@@ -3,12 +3,12 @@
 # Trains one codec per G from scratch for the same number of steps on the same corpus, without
 # the vocoder (it does not depend on G), then measures each through Griffin-Lim on the dev
 # sentences: WER of the resynthesis, mel distance, and the validation mel L1 / CTC of the run.
-# Usage: benchmarks/codec_groups.sh [STEPS] [CORPUS]   (about 10 min per G on one CPU core)
+# Usage: [GROUPS_TO_SWEEP="1 2 4 8"] benchmarks/codec_groups.sh [STEPS] [CORPUS]   (about 10 min per G on one core)
 set -euo pipefail
 steps=${1:-1500}
 corpus=${2:-data/corpus}
 ttt=${TTT:-.venv/bin/ttt}
-for g in 1 2 4; do
+for g in ${GROUPS_TO_SWEEP:-1 2 4 8}; do
   run=runs/sweep_g$g
   "$ttt" train codec --data "$corpus" --run "$run" --groups "$g" --steps "$steps" --minutes 600 \
     --threads 1 --voc-every 1000000 > "$run.train.log" 2>&1
