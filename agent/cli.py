@@ -200,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--export", metavar="DIR", help="also export the best weights to DIR (codec.safetensors)")
     p.add_argument("--init", metavar="PATH", help="start a new run from this codec.safetensors (e.g. the shipped one)")
+    p.add_argument("--vocoder-from", metavar="PATH", help="take the vocoder weights from this codec checkpoint")
     p.add_argument("--groups", type=int, default=0, help="G, code groups per frame, for a new run (0 = 4)")
     p.add_argument("--voc-every", type=int, default=1, help="train the vocoder on every Nth step only")
     p.add_argument("--lr", type=float, default=0.0, help="peak learning rate (0 = the default, 1.5e-3)")

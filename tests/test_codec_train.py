@@ -75,3 +75,27 @@ def test_new_run_starts_from_init_weights(tmp_path, teacher):
     assert state["codec_config"]["enc_dim"] == 32
     for name, value in start.state_dict().items():
         torch.testing.assert_close(state["model"][name], value.half().float())
+
+
+@pytest.mark.slow
+def test_vocoder_moves_between_codecs_of_any_groups(tmp_path, teacher):
+    import torch
+
+    from model.codec import SpeechCodec
+    from model.codec.codec import save_codec
+
+    corpus = tmp_path / "corpus"
+    synthesize(corpus, SynthConfig(workers=1, shard_size=4), texts=["Good morning.", "Yes, please.", "Call Anna.", "No."])
+    sizes = dict(enc_dim=32, dec_dim=32, dec_mel_dim=16, voc_dim=16, enc_blocks=1, dec_blocks=1)
+    torch.manual_seed(2)
+    donor = SpeechCodec(CodecConfig(groups=4, **sizes))
+    save_codec(donor, tmp_path / "donor.safetensors")
+    cfg = TrainConfig(batch=2, val_items=1, val_stride=2, val_every=100, voc_crop=3200, lr=0.0)
+    train(
+        str(corpus), str(tmp_path / "run"), minutes=5, steps=1, cfg=cfg,
+        codec_cfg=CodecConfig(groups=2, **sizes), vocoder_from=str(tmp_path / "donor.safetensors"),
+    )  # fmt: skip
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert state["codec_config"]["groups"] == 2
+    for name, value in donor.vocoder.state_dict().items():
+        torch.testing.assert_close(state["model"]["vocoder." + name], value.half().float())

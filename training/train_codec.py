@@ -190,10 +190,13 @@ def train(
     codec_cfg: CodecConfig | None = None,
     export: str | None = None,
     init: str | None = None,
+    vocoder_from: str | None = None,
 ) -> dict:
     """Train (resuming ``run/last.pt`` if present) until ``minutes`` or ``steps``; return the last log.
 
     ``init``: a codec.safetensors whose weights (and sizes) start a new run; ignored when resuming.
+    ``vocoder_from``: a codec.safetensors whose vocoder replaces this run's (the vocoder only sees
+    mel, so it moves between codecs of any G).
     """
     from accelerate import Accelerator
     from tqdm import tqdm
@@ -241,6 +244,14 @@ def train(
         opt.load_state_dict(state["opt"])
         step, best, history = state["step"], state["best"], state.get("history", [])
         log.info("resumed %s at step %d", last, step)
+    if vocoder_from:
+        from model.codec.codec import load_codec
+
+        donor = load_codec(vocoder_from)
+        if not donor.config.vocoder or donor.config.voc_dim != codec.config.voc_dim:
+            raise ValueError(f"--vocoder-from {vocoder_from}: no vocoder of width {codec.config.voc_dim} in it")
+        codec.vocoder.load_state_dict(donor.vocoder.state_dict())
+        log.info("vocoder weights taken from %s", vocoder_from)
     codec, opt = accelerator.prepare(codec, opt)
     model: SpeechCodec = accelerator.unwrap_model(codec)
     vocab = model.config.phonemes
@@ -326,6 +337,16 @@ def run_train_codec(args: argparse.Namespace) -> int:
     if args.lr:
         cfg.lr = args.lr
     codec_cfg = CodecConfig(groups=args.groups) if args.groups else None
-    record = train(args.data, args.run, args.minutes, args.steps, cfg, codec_cfg, export=args.export, init=args.init)
+    record = train(
+        args.data,
+        args.run,
+        args.minutes,
+        args.steps,
+        cfg,
+        codec_cfg,
+        export=args.export,
+        init=args.init,
+        vocoder_from=args.vocoder_from,
+    )
     print(json.dumps(record))
     return 0
