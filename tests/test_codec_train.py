@@ -11,6 +11,15 @@ from training.synth import SynthConfig, synthesize
 from training.train_codec import TrainConfig, phoneme_ids, train
 
 
+@pytest.fixture
+def tiny_corpus(tmp_path, teacher):
+    """Four short utterances voiced into a one-shard corpus."""
+    corpus = tmp_path / "corpus"
+    texts = ["Good morning.", "Yes, please.", "Call Anna.", "No."]
+    synthesize(corpus, SynthConfig(workers=1, shard_size=4), texts=texts)
+    return corpus
+
+
 def test_phoneme_ids_drop_stress_and_punctuation():
     vocab = CodecConfig().phonemes
     ids = phoneme_ids("həlˈoʊ, wˈɜːld!", vocab)
@@ -57,20 +66,18 @@ def test_vocoder_trains_only_every_nth_step():
 
 
 @pytest.mark.slow
-def test_new_run_starts_from_init_weights(tmp_path, teacher):
+def test_new_run_starts_from_init_weights(tmp_path, tiny_corpus):
     import torch
 
     from model.codec import SpeechCodec
     from model.codec.codec import save_codec
 
-    corpus = tmp_path / "corpus"
-    synthesize(corpus, SynthConfig(workers=1, shard_size=4), texts=["Good morning.", "Yes, please.", "Call Anna.", "No."])
     small = CodecConfig(enc_dim=32, dec_dim=32, dec_mel_dim=16, voc_dim=16, enc_blocks=1, dec_blocks=1)
     torch.manual_seed(1)
     start = SpeechCodec(small)
     save_codec(start, tmp_path / "start.safetensors")
     cfg = TrainConfig(batch=2, val_items=1, val_stride=2, val_every=100, voc_crop=3200, lr=0.0)  # lr 0: no update
-    train(str(corpus), str(tmp_path / "run"), minutes=5, steps=1, cfg=cfg, init=str(tmp_path / "start.safetensors"))
+    train(str(tiny_corpus), str(tmp_path / "run"), minutes=5, steps=1, cfg=cfg, init=str(tmp_path / "start.safetensors"))
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
     assert state["codec_config"]["enc_dim"] == 32
     for name, value in start.state_dict().items():
@@ -78,21 +85,19 @@ def test_new_run_starts_from_init_weights(tmp_path, teacher):
 
 
 @pytest.mark.slow
-def test_vocoder_moves_between_codecs_of_any_groups(tmp_path, teacher):
+def test_vocoder_moves_between_codecs_of_any_groups(tmp_path, tiny_corpus):
     import torch
 
     from model.codec import SpeechCodec
     from model.codec.codec import save_codec
 
-    corpus = tmp_path / "corpus"
-    synthesize(corpus, SynthConfig(workers=1, shard_size=4), texts=["Good morning.", "Yes, please.", "Call Anna.", "No."])
     sizes = dict(enc_dim=32, dec_dim=32, dec_mel_dim=16, voc_dim=16, enc_blocks=1, dec_blocks=1)
     torch.manual_seed(2)
     donor = SpeechCodec(CodecConfig(groups=4, **sizes))
     save_codec(donor, tmp_path / "donor.safetensors")
     cfg = TrainConfig(batch=2, val_items=1, val_stride=2, val_every=100, voc_crop=3200, lr=0.0)
     train(
-        str(corpus), str(tmp_path / "run"), minutes=5, steps=1, cfg=cfg,
+        str(tiny_corpus), str(tmp_path / "run"), minutes=5, steps=1, cfg=cfg,
         codec_cfg=CodecConfig(groups=2, **sizes), vocoder_from=str(tmp_path / "donor.safetensors"),
     )  # fmt: skip
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
