@@ -77,7 +77,8 @@ def test_new_run_starts_from_init_weights(tmp_path, tiny_corpus):
     start = SpeechCodec(small)
     save_codec(start, tmp_path / "start.safetensors")
     cfg = TrainConfig(batch=2, val_items=1, val_stride=2, val_every=100, voc_crop=3200, lr=0.0)  # lr 0: no update
-    train(str(tiny_corpus), str(tmp_path / "run"), minutes=5, steps=1, cfg=cfg, init=str(tmp_path / "start.safetensors"))
+    init = str(tmp_path / "start.safetensors")
+    train(str(tiny_corpus), str(tmp_path / "run"), minutes=5, steps=1, cfg=cfg, init=init)
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
     assert state["codec_config"]["enc_dim"] == 32
     for name, value in start.state_dict().items():
