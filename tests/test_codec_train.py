@@ -10,6 +10,10 @@ from model.codec import CodecConfig, load_codec
 from training.synth import SynthConfig, synthesize
 from training.train_codec import TrainConfig, phoneme_ids, train
 
+TINY_SIZES = dict(enc_dim=32, dec_dim=32, dec_mel_dim=16, voc_dim=16, enc_blocks=1, dec_blocks=1)
+# one step that changes no weight (lr 0), so a run's weights are exactly what it started from
+FROZEN_STEP = dict(batch=2, val_items=1, val_stride=2, val_every=100, voc_crop=3200, lr=0.0)
+
 
 @pytest.fixture
 def tiny_corpus(tmp_path, teacher):
@@ -52,7 +56,7 @@ def test_vocoder_trains_only_every_nth_step():
     from training.train_codec import codec_losses
 
     torch.manual_seed(0)
-    codec = SpeechCodec(CodecConfig(enc_dim=32, dec_dim=32, dec_mel_dim=16, voc_dim=16, enc_blocks=1, dec_blocks=1))
+    codec = SpeechCodec(CodecConfig(**TINY_SIZES))
     audio = 0.1 * torch.randn(2, 1280 * 4)
     lengths, targets = torch.tensor([1280 * 4, 1280 * 3]), [[1, 2, 3], [4, 5]]
     cfg = TrainConfig(voc_every=2, voc_crop=1600)
@@ -72,11 +76,10 @@ def test_new_run_starts_from_init_weights(tmp_path, tiny_corpus):
     from model.codec import SpeechCodec
     from model.codec.codec import save_codec
 
-    small = CodecConfig(enc_dim=32, dec_dim=32, dec_mel_dim=16, voc_dim=16, enc_blocks=1, dec_blocks=1)
     torch.manual_seed(1)
-    start = SpeechCodec(small)
+    start = SpeechCodec(CodecConfig(**TINY_SIZES))
     save_codec(start, tmp_path / "start.safetensors")
-    cfg = TrainConfig(batch=2, val_items=1, val_stride=2, val_every=100, voc_crop=3200, lr=0.0)  # lr 0: no update
+    cfg = TrainConfig(**FROZEN_STEP)
     init = str(tmp_path / "start.safetensors")
     train(str(tiny_corpus), str(tmp_path / "run"), minutes=5, steps=1, cfg=cfg, init=init)
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
@@ -92,15 +95,20 @@ def test_vocoder_moves_between_codecs_of_any_groups(tmp_path, tiny_corpus):
     from model.codec import SpeechCodec
     from model.codec.codec import save_codec
 
-    sizes = dict(enc_dim=32, dec_dim=32, dec_mel_dim=16, voc_dim=16, enc_blocks=1, dec_blocks=1)
     torch.manual_seed(2)
-    donor = SpeechCodec(CodecConfig(groups=4, **sizes))
+    donor = SpeechCodec(CodecConfig(groups=4, **TINY_SIZES))
     save_codec(donor, tmp_path / "donor.safetensors")
-    cfg = TrainConfig(batch=2, val_items=1, val_stride=2, val_every=100, voc_crop=3200, lr=0.0)
+    cfg, codec_cfg = TrainConfig(**FROZEN_STEP), CodecConfig(groups=2, **TINY_SIZES)
+    donor_path = str(tmp_path / "donor.safetensors")
     train(
-        str(tiny_corpus), str(tmp_path / "run"), minutes=5, steps=1, cfg=cfg,
-        codec_cfg=CodecConfig(groups=2, **sizes), vocoder_from=str(tmp_path / "donor.safetensors"),
-    )  # fmt: skip
+        str(tiny_corpus),
+        str(tmp_path / "run"),
+        minutes=5,
+        steps=1,
+        cfg=cfg,
+        codec_cfg=codec_cfg,
+        vocoder_from=donor_path,
+    )
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
     assert state["codec_config"]["groups"] == 2
     for name, value in donor.vocoder.state_dict().items():

@@ -116,16 +116,14 @@ def evaluate_codec(
     png: str | os.PathLike | None = None,
 ) -> dict:
     """WER of the teacher's audio and of its resynthesis, mel distance, bitrate and RTFs."""
-    import jiwer
-
-    from agent.bench import normalise_text
+    from agent.bench import word_error_rate
     from audio_io.resample import to_mono_16k
     from training.teacher import teacher_voice
 
     # the steady voice (no sampling noise): every run hears the same audio, so checkpoints compare
     # fairly (with noise, the same checkpoint's gap moved between +11.8 and +15.7 points)
     voice = teacher_voice(steady=True)
-    refs, hyp_orig, hyp_resyn, hyp_copy, dists = [], [], [], [], []
+    hyp_orig, hyp_resyn, hyp_copy, dists = [], [], [], []
     enc_s, dec_s, stream10_s, stream1_s, seconds = 0.0, 0.0, 0.0, 0.0, 0.0
     first = None
     for text in sentences:
@@ -140,10 +138,9 @@ def evaluate_codec(
         seconds += len(audio) / SAMPLE_RATE
         dists.append(mel_distance(audio, out))
         if transcriber is not None:
-            refs.append(normalise_text(text))
-            hyp_orig.append(normalise_text(transcriber(audio)))
-            hyp_resyn.append(normalise_text(transcriber(out)))
-            hyp_copy.append(normalise_text(transcriber(copy_synthesis(codec, audio))))
+            hyp_orig.append(transcriber(audio))
+            hyp_resyn.append(transcriber(out))
+            hyp_copy.append(transcriber(copy_synthesis(codec, audio)))
         if first is None:
             first = (audio, out)
     result = {
@@ -161,11 +158,11 @@ def evaluate_codec(
         "vocoder": "vocos-istft" if codec.config.vocoder else "griffin-lim",
     }
     if transcriber is not None:
-        result["wer_original"] = round(100 * jiwer.wer(refs, hyp_orig), 2)
-        result["wer_resynth"] = round(100 * jiwer.wer(refs, hyp_resyn), 2)
+        result["wer_original"] = round(100 * word_error_rate(sentences, hyp_orig), 2)
+        result["wer_resynth"] = round(100 * word_error_rate(sentences, hyp_resyn), 2)
         result["wer_gap"] = round(result["wer_resynth"] - result["wer_original"], 2)
         # the teacher's own mel through the vocoder: how much of the gap the vocoder alone causes
-        result["wer_vocoder_only"] = round(100 * jiwer.wer(refs, hyp_copy), 2)
+        result["wer_vocoder_only"] = round(100 * word_error_rate(sentences, hyp_copy), 2)
     if png and first is not None:
         spectrogram_png(first[0], first[1], png)
     return result

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.codec.codec import FRAME_SAMPLES, CodecConfig, SpeechCodec, save_codec
+from model.codec.codec import FRAME_SAMPLES, CodecConfig, SpeechCodec, load_codec, save_codec
 from model.codec.dsp import HOP, log_mel
 
 log = logging.getLogger(__name__)
@@ -227,13 +227,9 @@ def train(
         codec_cfg = CodecConfig.from_dict(state["codec_config"])
     torch.manual_seed(cfg.seed)
     if state is None and init:
-        from model.codec.codec import load_codec
-
-        start_from = load_codec(init)
-        if not start_from.config.vocoder:
+        codec = load_codec(init)
+        if not codec.config.vocoder:
             raise ValueError(f"--init {init} has no vocoder weights; start from a full codec checkpoint")
-        codec = SpeechCodec(start_from.config)
-        codec.load_state_dict(start_from.state_dict())
         log.info("new run initialised from %s", init)
     else:
         codec = SpeechCodec(codec_cfg or CodecConfig())
@@ -245,8 +241,6 @@ def train(
         step, best, history = state["step"], state["best"], state.get("history", [])
         log.info("resumed %s at step %d", last, step)
     if vocoder_from:
-        from model.codec.codec import load_codec
-
         donor = load_codec(vocoder_from)
         if not donor.config.vocoder or donor.config.voc_dim != codec.config.voc_dim:
             raise ValueError(f"--vocoder-from {vocoder_from}: no vocoder of width {codec.config.voc_dim} in it")
