@@ -113,3 +113,24 @@ def test_vocoder_moves_between_codecs_of_any_groups(tmp_path, tiny_corpus):
     assert state["codec_config"]["groups"] == 2
     for name, value in donor.vocoder.state_dict().items():
         torch.testing.assert_close(state["model"]["vocoder." + name], value.half().float())
+
+
+@pytest.mark.slow
+def test_validation_and_snapshots_use_the_resumed_weight_average(tmp_path, tiny_corpus):
+    import torch
+    from safetensors.torch import load_file
+
+    cfg = TrainConfig(**(FROZEN_STEP | dict(lr=1e-2, warmup=1, val_every=2, snapshot_every=2, ema_decay=0.5)))
+    run = tmp_path / "run"
+    train(str(tiny_corpus), str(run), minutes=5, steps=2, cfg=cfg, codec_cfg=CodecConfig(**TINY_SIZES))
+    state = torch.load(run / "last.pt", weights_only=False)
+    assert int(state["ema"]["n_averaged"]) == 2
+    snapshot = load_file(run / "ema_step2.safetensors")
+    averaged = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+    for name, value in snapshot.items():
+        torch.testing.assert_close(value, averaged[name].half())
+    assert any(not torch.equal(averaged[k], state["model"][k]) for k in snapshot)  # the average, not the raw
+
+    train(str(tiny_corpus), str(run), minutes=5, steps=3, cfg=cfg)
+    resumed = torch.load(run / "last.pt", weights_only=False)
+    assert int(resumed["ema"]["n_averaged"]) == 3  # the average carried on across the resume
