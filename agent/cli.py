@@ -211,11 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", metavar="PATH", help="codec safetensors (default: the shipped one)")
 
     p = subcommand("eval", "codec", _cmd_eval_codec, "codec metrics: WER orig vs resynth, mel distance, RTF")
-    p.add_argument("--checkpoint", metavar="PATH", help="codec safetensors (default: the shipped one)")
+    p.add_argument(
+        "--checkpoint", metavar="PATH", nargs="+", help="codec safetensors, one or more (default: the shipped one)"
+    )
     p.add_argument("--sentences", metavar="FILE", help="dev sentences (default: ../shared/eval/dev_sentences.txt)")
     p.add_argument("--limit", type=int, default=0, help="use only the first N sentences (0 = all)")
     p.add_argument("--png", metavar="FILE", help="write a spectrogram comparison PNG")
     p.add_argument("--griffin-lim", action="store_true", help="decode with Griffin-Lim, not the vocoder")
+    p.add_argument("--no-timing", action="store_true", help="skip the real-time-factor measurements (faster)")
+    p.add_argument("--transcripts", metavar="FILE", help="append per-sentence transcripts to FILE (JSON lines)")
     return parser
 
 

@@ -69,3 +69,28 @@ def test_shipped_codec_resynthesis_is_close_to_the_voice(speech):
     torch.manual_seed(0)
     untrained, _ = roundtrip(load_codec("/nonexistent/codec.safetensors", allow_untrained=True), audio)
     assert mel_distance(audio, trained) < 0.5 * mel_distance(audio, untrained)
+
+
+@pytest.mark.slow
+def test_eval_codec_compares_checkpoints_on_shared_dev_audio(tmp_path, capsys):
+    sentences = tmp_path / "dev.txt"
+    sentences.write_text("Please set a timer for ten minutes.\nThe library closes at eight on weekdays.\n")
+    transcripts = tmp_path / "transcripts.jsonl"
+    args = ["eval", "codec", "--sentences", str(sentences), "--no-timing", "--transcripts", str(transcripts)]
+    assert main([*args, "--checkpoint", str(CHECKPOINT), str(CHECKPOINT)]) == 0
+    results = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["checkpoint"] for r in results] == [str(CHECKPOINT)] * 2
+    assert results[0] == results[1]  # the same weights on the same (steady) audio
+    assert (
+        results[0]["sentences"] == 2
+        and results[0]["wer_original"] <= 20
+        and "stream_decode_rtf_chunk1" not in results[0]
+    )
+    rows = [json.loads(line) for line in transcripts.read_text().splitlines()]
+    assert len(rows) == 4 and rows[0]["text"] == "Please set a timer for ten minutes."
+    assert "timer" in rows[0]["original"].lower()
+
+
+def test_eval_codec_bad_checkpoint_fails_before_voicing(tmp_path, capsys):
+    assert main(["eval", "codec", "--checkpoint", str(tmp_path / "missing.safetensors")]) == 2
+    assert "missing.safetensors" in capsys.readouterr().err

@@ -109,62 +109,90 @@ class Transcriber:
         return " ".join(s.text.strip() for s in segments)
 
 
+@dataclass
+class DevSet:
+    """Sentences in the steady teacher's voice (16 kHz) with whisper's transcripts of that audio.
+
+    Built once and shared by every checkpoint an evaluation compares. The steady voice (no
+    sampling noise) means every run hears the same audio, so checkpoints compare fairly (with
+    noise, the same checkpoint's gap moved between +11.8 and +15.7 points).
+    """
+
+    sentences: list[str]
+    audio: list[np.ndarray]
+    transcripts: list[str] | None  # None when no transcriber was given
+
+    @classmethod
+    def voice(cls, sentences: list[str], transcriber: Transcriber | None = None) -> DevSet:
+        """Voice ``sentences`` with the steady teacher and transcribe them."""
+        from audio_io.resample import to_mono_16k
+        from training.teacher import teacher_voice
+
+        voice = teacher_voice(steady=True)
+        audio = []
+        for text in sentences:
+            utt = voice.speak(text)
+            audio.append(to_mono_16k(utt.samples, utt.sample_rate))
+        transcripts = [transcriber(a) for a in audio] if transcriber is not None else None
+        return cls(sentences, audio, transcripts)
+
+
 def evaluate_codec(
     codec: SpeechCodec,
-    sentences: list[str],
+    dev: DevSet,
     transcriber: Transcriber | None = None,
     png: str | os.PathLike | None = None,
+    timing: bool = True,
+    per_sentence: list[dict] | None = None,
 ) -> dict:
-    """WER of the teacher's audio and of its resynthesis, mel distance, bitrate and RTFs."""
-    from agent.bench import word_error_rate
-    from audio_io.resample import to_mono_16k
-    from training.teacher import teacher_voice
+    """WER of the teacher's audio and of its resynthesis, mel distance, bitrate and (``timing``) RTFs.
 
-    # the steady voice (no sampling noise): every run hears the same audio, so checkpoints compare
-    # fairly (with noise, the same checkpoint's gap moved between +11.8 and +15.7 points)
-    voice = teacher_voice(steady=True)
-    hyp_orig, hyp_resyn, hyp_copy, dists = [], [], [], []
+    ``per_sentence``: when given, one record per sentence (text and the three transcripts) is
+    appended to it.
+    """
+    from agent.bench import word_error_rate
+
+    hyp_resyn, hyp_copy, dists = [], [], []
     enc_s, dec_s, stream10_s, stream1_s, seconds = 0.0, 0.0, 0.0, 0.0, 0.0
-    first = None
-    for text in sentences:
-        utt = voice.speak(text)
-        audio = to_mono_16k(utt.samples, utt.sample_rate)
+    for audio in dev.audio:
         out, stats = roundtrip(codec, audio)
-        codes = codec.encode(torch.from_numpy(audio)[None])[0]
-        stream10_s += stream_decode_seconds(codec, codes, 10)
-        stream1_s += stream_decode_seconds(codec, codes, 1)
+        if timing:
+            codes = codec.encode(torch.from_numpy(audio)[None])[0]
+            stream10_s += stream_decode_seconds(codec, codes, 10)
+            stream1_s += stream_decode_seconds(codec, codes, 1)
         enc_s += stats["encode_s"]
         dec_s += stats["decode_s"]
         seconds += len(audio) / SAMPLE_RATE
         dists.append(mel_distance(audio, out))
         if transcriber is not None:
-            hyp_orig.append(transcriber(audio))
             hyp_resyn.append(transcriber(out))
             hyp_copy.append(transcriber(copy_synthesis(codec, audio)))
-        if first is None:
-            first = (audio, out)
     result = {
-        "sentences": len(sentences),
+        "sentences": len(dev.sentences),
         "audio_s": round(seconds, 2),
         "frame_rate": codec.frame_rate,
         "codes_per_frame": codec.groups,
         "codebook_size": codec.codebook_size,
         "bitrate_bps": round(codec.bitrate, 2),
         "mel_l1": round(statistics.mean(dists), 4),
-        "encode_rtf": round(enc_s / seconds, 4),
-        "decode_rtf": round(dec_s / seconds, 4),
-        "stream_decode_rtf_chunk10": round(stream10_s / seconds, 4),
-        "stream_decode_rtf_chunk1": round(stream1_s / seconds, 4),
         "vocoder": "vocos-istft" if codec.config.vocoder else "griffin-lim",
     }
-    if transcriber is not None:
-        result["wer_original"] = round(100 * word_error_rate(sentences, hyp_orig), 2)
-        result["wer_resynth"] = round(100 * word_error_rate(sentences, hyp_resyn), 2)
+    if timing:
+        result["encode_rtf"] = round(enc_s / seconds, 4)
+        result["decode_rtf"] = round(dec_s / seconds, 4)
+        result["stream_decode_rtf_chunk10"] = round(stream10_s / seconds, 4)
+        result["stream_decode_rtf_chunk1"] = round(stream1_s / seconds, 4)
+    if transcriber is not None and dev.transcripts is not None:
+        result["wer_original"] = round(100 * word_error_rate(dev.sentences, dev.transcripts), 2)
+        result["wer_resynth"] = round(100 * word_error_rate(dev.sentences, hyp_resyn), 2)
         result["wer_gap"] = round(result["wer_resynth"] - result["wer_original"], 2)
         # the teacher's own mel through the vocoder: how much of the gap the vocoder alone causes
-        result["wer_vocoder_only"] = round(100 * word_error_rate(sentences, hyp_copy), 2)
-    if png and first is not None:
-        spectrogram_png(first[0], first[1], png)
+        result["wer_vocoder_only"] = round(100 * word_error_rate(dev.sentences, hyp_copy), 2)
+        if per_sentence is not None:
+            for text, orig, resyn, copy in zip(dev.sentences, dev.transcripts, hyp_resyn, hyp_copy, strict=True):
+                per_sentence.append({"text": text, "original": orig, "resynth": resyn, "vocoder_only": copy})
+    if png and dev.audio:
+        spectrogram_png(dev.audio[0], roundtrip(codec, dev.audio[0])[0], png)
     return result
 
 
@@ -196,14 +224,23 @@ def read_sentences(path: str | os.PathLike | None) -> list[str]:
 
 
 def run_eval_codec(args: argparse.Namespace, settings) -> int:
-    """``ttt eval codec``: prints one JSON object of metrics."""
+    """``ttt eval codec``: one JSON line of metrics per checkpoint (the dev audio is shared)."""
     torch.set_num_threads(2)
     sentences = read_sentences(args.sentences)
     if args.limit:
         sentences = sentences[: args.limit]
-    codec = load_codec(args.checkpoint)
-    if getattr(args, "griffin_lim", False):
-        codec.config.vocoder = False  # same codes and mel, zero-training vocoder: isolates the vocoder
+    checkpoints = args.checkpoint or [None]
+    codecs = [load_codec(path) for path in checkpoints]  # a bad path fails before the slow part
     transcriber = Transcriber.load(settings.assets.whisper, settings.asr.cpu_threads)
-    print(json.dumps(evaluate_codec(codec, sentences, transcriber, png=args.png)))
+    dev = DevSet.voice(sentences, transcriber)
+    for path, codec in zip(checkpoints, codecs, strict=True):
+        if args.griffin_lim:
+            codec.config.vocoder = False  # same codes and mel, zero-training vocoder: isolates the vocoder
+        rows: list[dict] = []
+        result = evaluate_codec(codec, dev, transcriber, png=args.png, timing=not args.no_timing, per_sentence=rows)
+        print(json.dumps({"checkpoint": str(path or "shipped")} | result), flush=True)
+        if args.transcripts:
+            with Path(args.transcripts).open("a") as f:
+                for row in rows:
+                    f.write(json.dumps({"checkpoint": str(path or "shipped")} | row) + "\n")
     return 0
