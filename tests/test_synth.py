@@ -66,3 +66,12 @@ def test_synth_builds_shards_and_resumes(tmp_path, monkeypatch, teacher):
     monkeypatch.setattr(synth, "_voice_shard", lambda job: calls.append(job[1]) or original(job))
     assert synthesize(tmp_path, config, texts=texts)["items"] == 3
     assert calls == [1]
+
+
+def test_default_filter_keeps_dev_and_heldout_sentences_out_of_training():
+    from training.synth import DEV_SENTENCES, HELDOUT_SENTENCES
+
+    f = DevFilter()
+    for path in (DEV_SENTENCES, HELDOUT_SENTENCES):
+        first = path.read_text().splitlines()[0]
+        assert not f.allows(first), path

@@ -15,8 +15,7 @@ import torch
 
 from audio_io.frames import SAMPLE_RATE
 from model.codec import SpeechCodec, load_codec
-
-DEV_SENTENCES = Path(__file__).resolve().parents[2] / "shared" / "eval" / "dev_sentences.txt"
+from training.synth import DEV_SENTENCES
 
 
 def roundtrip(codec: SpeechCodec, audio: np.ndarray) -> tuple[np.ndarray, dict]:

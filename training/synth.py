@@ -33,6 +33,8 @@ from audio_io.frames import SAMPLE_RATE
 log = logging.getLogger(__name__)
 
 DEV_SENTENCES = Path(__file__).resolve().parents[2] / "shared" / "eval" / "dev_sentences.txt"
+# a larger held-out set (200 sentences) for codec measurements firmer than 40 dev sentences give
+HELDOUT_SENTENCES = Path(__file__).resolve().parent / "heldout_sentences.txt"
 CHARS_PER_SECOND = 14.6  # Piper joe-medium: 90,000 characters took 1.71 h (measured on the first corpus)
 MIN_WORDS, MAX_WORDS = 2, 25
 
@@ -59,10 +61,15 @@ def normalise(text: str) -> str:
 
 
 class DevFilter:
-    """Rejects texts equal or close to any dev sentence, so the dev set stays unseen in training."""
+    """Rejects texts equal or close to any evaluation sentence, so those stay unseen in training.
 
-    def __init__(self, dev_path: str | os.PathLike | None = DEV_SENTENCES):
-        lines = Path(dev_path).read_text().splitlines() if dev_path and Path(dev_path).is_file() else []
+    ``paths``: sentence files, one per line (default: the dev set and the held-out set).
+    """
+
+    def __init__(self, *paths: str | os.PathLike):
+        lines = []
+        for path in paths or (DEV_SENTENCES, HELDOUT_SENTENCES):
+            lines += Path(path).read_text().splitlines() if Path(path).is_file() else []
         self.dev = [normalise(s) for s in lines if s.strip()]
         self.dev_words = [set(s.split()) for s in self.dev]
 
