@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,16 +34,16 @@ class TeacherVoice:
         default, one thread per core in every process, the processes fight over the cores).
         """
         import onnxruntime
-        from piper import PiperVoice
+        from piper import PiperConfig, PiperVoice
 
         path = locate(PIPER_VOICE, voice_path)
-        self._voice = PiperVoice.load(str(path))
+        # built here rather than by PiperVoice.load, which takes no session options
+        options = onnxruntime.SessionOptions()
         if threads > 0:
-            options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = options.inter_op_num_threads = threads
-            self._voice.session = onnxruntime.InferenceSession(
-                str(path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
+        config = json.loads(Path(f"{path}.json").read_text(encoding="utf-8"))
+        session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        self._voice = PiperVoice(config=PiperConfig.from_dict(config), session=session)
         self.sample_rate: int = self._voice.config.sample_rate
         self.steady = steady  # tests want the same audio on every run; data wants variety
 
