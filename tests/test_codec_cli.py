@@ -92,5 +92,8 @@ def test_eval_codec_compares_checkpoints_on_shared_dev_audio(tmp_path, capsys):
 
 
 def test_eval_codec_bad_checkpoint_fails_before_voicing(tmp_path, capsys):
-    assert main(["eval", "codec", "--checkpoint", str(tmp_path / "missing.safetensors")]) == 2
+    sentences = tmp_path / "dev.txt"
+    sentences.write_text("Please set a timer for ten minutes.\n")
+    args = ["eval", "codec", "--sentences", str(sentences)]
+    assert main([*args, "--checkpoint", str(tmp_path / "missing.safetensors")]) == 2
     assert "missing.safetensors" in capsys.readouterr().err
