@@ -204,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--groups", type=int, default=0, help="G, code groups per frame, for a new run (0 = 4)")
     p.add_argument("--voc-every", type=int, default=1, help="train the vocoder on every Nth step only")
     p.add_argument("--lr", type=float, default=0.0, help="peak learning rate (0 = the default, 1.5e-3)")
+    p.add_argument(
+        "--adversarial", type=float, default=0.0, metavar="W", help="weight of a mel discriminator's loss (0 = off)"
+    )
 
     p = subcommand("codec", "roundtrip", _cmd_codec_roundtrip, "encode a sound file with the codec and decode it back")
     p.add_argument("input", metavar="IN", help="input audio file (any sample rate, mono or stereo)")

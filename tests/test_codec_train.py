@@ -134,3 +134,18 @@ def test_validation_and_snapshots_use_the_resumed_weight_average(tmp_path, tiny_
     train(str(tiny_corpus), str(run), minutes=5, steps=3, cfg=cfg)
     resumed = torch.load(run / "last.pt", weights_only=False)
     assert int(resumed["ema"]["n_averaged"]) == 3  # the average carried on across the resume
+
+
+@pytest.mark.slow
+def test_adversarial_run_keeps_its_discriminator_across_a_resume(tmp_path, tiny_corpus):
+    import torch
+
+    cfg = TrainConfig(**(FROZEN_STEP | dict(lr=1e-3, warmup=1, adv_weight=0.1, adv_frames=32, adv_after=1)))
+    run = tmp_path / "run"
+    train(str(tiny_corpus), str(run), minutes=5, steps=2, cfg=cfg, codec_cfg=CodecConfig(**TINY_SIZES))
+    state = torch.load(run / "last.pt", weights_only=False)
+    disc = state["adversary"]["disc"]
+    train(str(tiny_corpus), str(run), minutes=5, steps=4, cfg=cfg)
+    resumed = torch.load(run / "last.pt", weights_only=False)
+    assert resumed["adversary"]["opt"]["state"][0]["step"] == 4  # the optimiser carried on, not restarted
+    assert any(not torch.equal(disc[k], v) for k, v in resumed["adversary"]["disc"].items())

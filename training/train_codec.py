@@ -29,6 +29,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from model.codec.codec import FRAME_SAMPLES, CodecConfig, SpeechCodec, load_codec, save_codec
 from model.codec.dsp import HOP, log_mel
+from training.discriminator import Adversary
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,10 @@ class TrainConfig:
     save_every_s: float = 180.0  # seconds between resumable checkpoints
     ema_decay: float = 0.999  # weight average kept for validation and export (0 = raw weights)
     snapshot_every: int = 1500  # steps between kept EMA snapshots, a multiple of val_every (0 = none)
+    adv_weight: float = 0.0  # weight of the mel discriminator's adversarial + matching loss (0 = off)
+    fm_weight: float = 1.0  # feature matching, relative to the adversarial hinge loss
+    adv_frames: int = 128  # mel frames (1.28 s) per discriminator crop
+    adv_after: int = 200  # steps of this run that train only the discriminator's side, before it pushes back
     seed: int = 0  # data order and initialisation
 
 
@@ -97,9 +102,20 @@ def stft_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def codec_losses(
-    codec: SpeechCodec, audio: torch.Tensor, lengths: torch.Tensor, targets: list, cfg: TrainConfig, step: int
+    codec: SpeechCodec,
+    audio: torch.Tensor,
+    lengths: torch.Tensor,
+    targets: list,
+    cfg: TrainConfig,
+    step: int,
+    adversary: Adversary | None = None,
+    adv_scale: float = 1.0,
 ) -> dict[str, torch.Tensor]:
-    """All training losses for one batch (``audio`` already padded to whole frames)."""
+    """All training losses for one batch (``audio`` already padded to whole frames).
+
+    ``adversary``: when given, its discriminator's losses on the predicted mel join the total,
+    scaled by ``cfg.adv_weight * adv_scale`` (the caller's ramp).
+    """
     target_mel = codec.norm_mel(audio)  # [B, 80, 8F]
     z = codec.encoder(target_mel)
     # keep latents where tanh is not flat: saturated latents get no gradient and codes collapse
@@ -119,6 +135,10 @@ def codec_losses(
 
     losses = {"mel_l1": mel_l1, "ctc": ctc, "saturation": saturation}
     total = mel_l1 + cfg.ctc_weight * ctc + saturation
+    if adversary is not None:
+        adv, matching = adversary.generator_terms(target_mel, pred_mel, mel_frames)
+        losses |= {"adv": adv, "fm": matching}
+        total = total + cfg.adv_weight * adv_scale * (adv + cfg.fm_weight * matching)
     if step % cfg.voc_every == 0:
         losses |= vocoder_losses(codec, audio, pred_mel, mel_frames, cfg, step)
         total = total + losses["voc_stft"] + 0.5 * losses["voc_mel"]
@@ -260,6 +280,11 @@ def train(
         ema.load_state_dict(state["ema"])
     # what validation sees and export writes: the EMA weights when there are any
     averaged: SpeechCodec = ema.module if ema is not None else model
+    adversary = Adversary(cfg.lr, cfg.adv_frames) if cfg.adv_weight > 0 else None
+    if adversary is not None:
+        adversary.disc.to(accelerator.device)
+        if state is not None and state.get("adversary"):
+            adversary.load_state_dict(state["adversary"])
     vocab = model.config.phonemes
     batches = Batches(train_items, vocab, cfg.batch, cfg.seed + step)
     random.seed(cfg.seed + step)
@@ -271,6 +296,7 @@ def train(
                 "model": model.state_dict(),
                 "opt": opt.state_dict(),
                 "ema": ema.state_dict() if ema is not None else None,
+                "adversary": adversary.state_dict() if adversary is not None else None,
                 "step": step,
                 "best": best,
                 "history": history,
@@ -296,11 +322,16 @@ def train(
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(done, 1.0))))
         for group in opt.param_groups:
             group["lr"] = lr
-        losses = codec_losses(model, audio.to(accelerator.device), lengths, targets, cfg, step)
+        # the codec feels the discriminator only once it has had adv_after steps to learn
+        adv_scale = min(1.0, max(0.0, (step - first_step - cfg.adv_after) / cfg.adv_after))
+        audio = audio.to(accelerator.device)
+        losses = codec_losses(model, audio, lengths, targets, cfg, step, adversary, adv_scale)
         opt.zero_grad(set_to_none=True)
         accelerator.backward(losses["loss"])
         accelerator.clip_grad_norm_(codec.parameters(), 1.0)
         opt.step()
+        if adversary is not None:
+            losses["disc"] = torch.tensor(adversary.step(lr))
         if ema is not None:
             ema.update_parameters(model)
         step += 1
@@ -345,7 +376,7 @@ def run_train_codec(args: argparse.Namespace) -> int:
     """``ttt train codec``."""
     torch.set_num_threads(max(1, args.threads))
     logging.basicConfig(level=logging.INFO)
-    cfg = TrainConfig(batch=args.batch, voc_every=args.voc_every)
+    cfg = TrainConfig(batch=args.batch, voc_every=args.voc_every, adv_weight=args.adversarial)
     if args.lr:
         cfg.lr = args.lr
     codec_cfg = CodecConfig(groups=args.groups) if args.groups else None
