@@ -130,6 +130,8 @@ def test_validation_and_snapshots_use_the_resumed_weight_average(tmp_path, tiny_
     for name, value in snapshot.items():
         torch.testing.assert_close(value, averaged[name].half())
     assert any(not torch.equal(averaged[k], state["model"][k]) for k in snapshot)  # the average, not the raw
+    for name, value in load_file(run / "last.safetensors").items():  # the run's end: the average too
+        torch.testing.assert_close(value, averaged[name].half())
 
     train(str(tiny_corpus), str(run), minutes=5, steps=3, cfg=cfg)
     resumed = torch.load(run / "last.pt", weights_only=False)

@@ -6,7 +6,9 @@ weights: one checkpoint's dev WER moves by about a point from its neighbours' (m
 session 2), and the average smooths that step-to-step noise. Every validation the best EMA
 weights (lowest validation mel L1) are written as ``best.safetensors`` + ``best.json`` (and to
 ``--export DIR`` as ``codec.safetensors``); every ``snapshot_every`` steps they are also kept as
-``ema_stepN.safetensors``, so a run's checkpoints can be compared afterwards.
+``ema_stepN.safetensors``, so a run's checkpoints can be compared afterwards, and at the end of
+the run as ``last.safetensors`` (an adversarial run trades validation mel L1 for detail, so its
+best-by-mel-L1 weights are not the ones to judge).
 Losses go to ``log.jsonl``, one JSON object per logged step.
 """
 
@@ -367,6 +369,7 @@ def train(
             save_last()
             saved_at = time.monotonic()
     save_last()
+    save_codec(averaged, run_dir / "last.safetensors", {"step": step, "corpus_hours": round(hours, 3)})
     bar.close()
     logf.close()
     return record
