@@ -56,7 +56,7 @@ class TrainConfig:
     adv_weight: float = 0.0  # weight of the mel discriminator's adversarial + matching loss (0 = off)
     fm_weight: float = 1.0  # feature matching, relative to the adversarial hinge loss
     adv_frames: int = 128  # mel frames (1.28 s) per discriminator crop
-    adv_after: int = 200  # steps of this run that train only the discriminator's side, before it pushes back
+    adv_after: int = 200  # the discriminator learns alone this many steps, then its weight ramps up over as many
     seed: int = 0  # data order and initialisation
 
 
@@ -278,7 +278,7 @@ def train(
     codec, opt = accelerator.prepare(codec, opt)
     model: SpeechCodec = accelerator.unwrap_model(codec)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) if cfg.ema_decay else None
-    if ema is not None and state is not None and "ema" in state:
+    if ema is not None and state is not None and state.get("ema"):
         ema.load_state_dict(state["ema"])
     # what validation sees and export writes: the EMA weights when there are any
     averaged: SpeechCodec = ema.module if ema is not None else model
@@ -325,7 +325,7 @@ def train(
         for group in opt.param_groups:
             group["lr"] = lr
         # the codec feels the discriminator only once it has had adv_after steps to learn
-        adv_scale = min(1.0, max(0.0, (step - first_step - cfg.adv_after) / cfg.adv_after))
+        adv_scale = min(1.0, max(0.0, (step - first_step - cfg.adv_after) / cfg.adv_after)) if cfg.adv_after else 1.0
         audio = audio.to(accelerator.device)
         losses = codec_losses(model, audio, lengths, targets, cfg, step, adversary, adv_scale)
         opt.zero_grad(set_to_none=True)
