@@ -15,6 +15,14 @@ TINY_SIZES = dict(enc_dim=32, dec_dim=32, dec_mel_dim=16, voc_dim=16, enc_blocks
 FROZEN_STEP = dict(batch=2, val_items=1, val_stride=2, val_every=100, voc_crop=3200, lr=0.0)
 
 
+def train_and_load(corpus, run, cfg: TrainConfig, steps: int, **kwargs) -> dict:
+    """Train ``run`` (resuming it if it exists) up to ``steps``; return the ``last.pt`` it saved."""
+    import torch
+
+    train(str(corpus), str(run), minutes=5, steps=steps, cfg=cfg, **kwargs)
+    return torch.load(run / "last.pt", weights_only=False)
+
+
 @pytest.fixture
 def tiny_corpus(tmp_path, teacher):
     """Four short utterances voiced into a one-shard corpus."""
@@ -79,10 +87,8 @@ def test_new_run_starts_from_init_weights(tmp_path, tiny_corpus):
     torch.manual_seed(1)
     start = SpeechCodec(CodecConfig(**TINY_SIZES))
     save_codec(start, tmp_path / "start.safetensors")
-    cfg = TrainConfig(**FROZEN_STEP)
     init = str(tmp_path / "start.safetensors")
-    train(str(tiny_corpus), str(tmp_path / "run"), minutes=5, steps=1, cfg=cfg, init=init)
-    state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    state = train_and_load(tiny_corpus, tmp_path / "run", TrainConfig(**FROZEN_STEP), 1, init=init)
     assert state["codec_config"]["enc_dim"] == 32
     for name, value in start.state_dict().items():
         torch.testing.assert_close(state["model"][name], value.half().float())
@@ -100,16 +106,7 @@ def test_vocoder_moves_between_codecs_of_any_groups(tmp_path, tiny_corpus):
     save_codec(donor, tmp_path / "donor.safetensors")
     cfg, codec_cfg = TrainConfig(**FROZEN_STEP), CodecConfig(groups=2, **TINY_SIZES)
     donor_path = str(tmp_path / "donor.safetensors")
-    train(
-        str(tiny_corpus),
-        str(tmp_path / "run"),
-        minutes=5,
-        steps=1,
-        cfg=cfg,
-        codec_cfg=codec_cfg,
-        vocoder_from=donor_path,
-    )
-    state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    state = train_and_load(tiny_corpus, tmp_path / "run", cfg, 1, codec_cfg=codec_cfg, vocoder_from=donor_path)
     assert state["codec_config"]["groups"] == 2
     for name, value in donor.vocoder.state_dict().items():
         torch.testing.assert_close(state["model"]["vocoder." + name], value.half().float())
@@ -122,8 +119,7 @@ def test_validation_and_snapshots_use_the_resumed_weight_average(tmp_path, tiny_
 
     cfg = TrainConfig(**(FROZEN_STEP | dict(lr=1e-2, warmup=1, val_every=2, snapshot_every=2, ema_decay=0.5)))
     run = tmp_path / "run"
-    train(str(tiny_corpus), str(run), minutes=5, steps=2, cfg=cfg, codec_cfg=CodecConfig(**TINY_SIZES))
-    state = torch.load(run / "last.pt", weights_only=False)
+    state = train_and_load(tiny_corpus, run, cfg, 2, codec_cfg=CodecConfig(**TINY_SIZES))
     assert int(state["ema"]["n_averaged"]) == 2
     snapshot = load_file(run / "ema_step2.safetensors")
     averaged = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
@@ -133,8 +129,7 @@ def test_validation_and_snapshots_use_the_resumed_weight_average(tmp_path, tiny_
     for name, value in load_file(run / "last.safetensors").items():  # the run's end: the average too
         torch.testing.assert_close(value, averaged[name].half())
 
-    train(str(tiny_corpus), str(run), minutes=5, steps=3, cfg=cfg)
-    resumed = torch.load(run / "last.pt", weights_only=False)
+    resumed = train_and_load(tiny_corpus, run, cfg, 3)
     assert int(resumed["ema"]["n_averaged"]) == 3  # the average carried on across the resume
 
 
@@ -144,10 +139,7 @@ def test_adversarial_run_keeps_its_discriminator_across_a_resume(tmp_path, tiny_
 
     cfg = TrainConfig(**(FROZEN_STEP | dict(lr=1e-3, warmup=1, adv_weight=0.1, adv_frames=32, adv_after=1)))
     run = tmp_path / "run"
-    train(str(tiny_corpus), str(run), minutes=5, steps=2, cfg=cfg, codec_cfg=CodecConfig(**TINY_SIZES))
-    state = torch.load(run / "last.pt", weights_only=False)
-    disc = state["adversary"]["disc"]
-    train(str(tiny_corpus), str(run), minutes=5, steps=4, cfg=cfg)
-    resumed = torch.load(run / "last.pt", weights_only=False)
+    disc = train_and_load(tiny_corpus, run, cfg, 2, codec_cfg=CodecConfig(**TINY_SIZES))["adversary"]["disc"]
+    resumed = train_and_load(tiny_corpus, run, cfg, 4)
     assert resumed["adversary"]["opt"]["state"][0]["step"] == 4  # the optimiser carried on, not restarted
     assert any(not torch.equal(disc[k], v) for k, v in resumed["adversary"]["disc"].items())

@@ -153,8 +153,11 @@ def evaluate_codec(
 
     hyp_resyn, hyp_copy, dists = [], [], []
     enc_s, dec_s, stream10_s, stream1_s, seconds = 0.0, 0.0, 0.0, 0.0, 0.0
+    first_out = None
     for audio in dev.audio:
         out, stats = roundtrip(codec, audio)
+        if first_out is None:
+            first_out = out
         if timing:
             codes = codec.encode(torch.from_numpy(audio)[None])[0]
             stream10_s += stream_decode_seconds(codec, codes, 10)
@@ -190,8 +193,8 @@ def evaluate_codec(
         if per_sentence is not None:
             for text, orig, resyn, copy in zip(dev.sentences, dev.transcripts, hyp_resyn, hyp_copy, strict=True):
                 per_sentence.append({"text": text, "original": orig, "resynth": resyn, "vocoder_only": copy})
-    if png and dev.audio:
-        spectrogram_png(dev.audio[0], roundtrip(codec, dev.audio[0])[0], png)
+    if png and first_out is not None:
+        spectrogram_png(dev.audio[0], first_out, png)
     return result
 
 
@@ -237,9 +240,10 @@ def run_eval_codec(args: argparse.Namespace, settings) -> int:
             codec.config.vocoder = False  # same codes and mel, zero-training vocoder: isolates the vocoder
         rows: list[dict] = []
         result = evaluate_codec(codec, dev, transcriber, png=args.png, timing=not args.no_timing, per_sentence=rows)
-        print(json.dumps({"checkpoint": str(path or "shipped")} | result), flush=True)
+        name = {"checkpoint": str(path or "shipped")}
+        print(json.dumps(name | result), flush=True)
         if args.transcripts:
             with Path(args.transcripts).open("a") as f:
                 for row in rows:
-                    f.write(json.dumps({"checkpoint": str(path or "shipped")} | row) + "\n")
+                    f.write(json.dumps(name | row) + "\n")
     return 0
