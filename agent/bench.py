@@ -111,6 +111,36 @@ def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
     return float(jiwer.wer(refs, hyps))
 
 
+def wer_gap(references: list[str], baseline: list[str], candidate: list[str]) -> tuple[float, float]:
+    """WER of ``candidate`` minus WER of ``baseline`` on the same references, and its standard error.
+
+    The two transcripts of a sentence are paired, and sentences are the sampling unit: the error
+    is the ratio estimator's, sqrt(n / (n - 1) * sum((d_i - gap * N_i)^2)) / sum(N_i), with d_i the
+    extra word errors of sentence i and N_i its reference words. It says how far the gap could move
+    on another draw of sentences like these, which a single corpus WER does not.
+    """
+    import jiwer
+
+    if not (len(references) == len(baseline) == len(candidate)) or not references:
+        raise ValueError("wer_gap needs one baseline and one candidate transcript per reference, and at least one")
+    refs = [normalise_text(r) for r in references]
+    if not all(refs):
+        raise ValueError("wer_gap: a reference is empty after normalisation")
+
+    def errors(hyps: list[str]) -> np.ndarray:
+        per = [jiwer.process_words(r, normalise_text(h)) for r, h in zip(refs, hyps, strict=True)]
+        return np.array([o.substitutions + o.deletions + o.insertions for o in per], dtype=float)
+
+    words = np.array([len(r.split()) for r in refs], dtype=float)
+    extra = errors(candidate) - errors(baseline)
+    gap = extra.sum() / words.sum()
+    n = len(refs)
+    if n < 2:
+        return float(gap), float("nan")
+    se = np.sqrt(n / (n - 1) * np.sum((extra - gap * words) ** 2)) / words.sum()
+    return float(gap), float(se)
+
+
 @dataclass
 class ListenResult:
     """What one listen pass over a file gave."""

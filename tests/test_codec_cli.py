@@ -84,6 +84,7 @@ def test_eval_codec_compares_checkpoints_on_shared_dev_audio(tmp_path, capsys):
     assert (
         results[0]["sentences"] == 2
         and results[0]["wer_original"] <= 20
+        and results[0]["wer_gap_se"] >= 0
         and "stream_decode_rtf_chunk1" not in results[0]
     )
     rows = [json.loads(line) for line in transcripts.read_text().splitlines()]

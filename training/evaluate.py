@@ -149,7 +149,7 @@ def evaluate_codec(
     ``per_sentence``: when given, one record per sentence (text and the three transcripts) is
     appended to it.
     """
-    from agent.bench import word_error_rate
+    from agent.bench import wer_gap, word_error_rate
 
     hyp_resyn, hyp_copy, dists = [], [], []
     enc_s, dec_s, stream10_s, stream1_s, seconds = 0.0, 0.0, 0.0, 0.0, 0.0
@@ -187,7 +187,9 @@ def evaluate_codec(
     if transcriber is not None and dev.transcripts is not None:
         result["wer_original"] = round(100 * word_error_rate(dev.sentences, dev.transcripts), 2)
         result["wer_resynth"] = round(100 * word_error_rate(dev.sentences, hyp_resyn), 2)
-        result["wer_gap"] = round(result["wer_resynth"] - result["wer_original"], 2)
+        gap, gap_se = wer_gap(dev.sentences, dev.transcripts, hyp_resyn)
+        result["wer_gap"] = round(100 * gap, 2)
+        result["wer_gap_se"] = round(100 * gap_se, 2)  # paired, over sentences: how firm the gap is
         # the teacher's own mel through the vocoder: how much of the gap the vocoder alone causes
         result["wer_vocoder_only"] = round(100 * word_error_rate(dev.sentences, hyp_copy), 2)
         if per_sentence is not None:
