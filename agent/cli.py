@@ -112,6 +112,7 @@ def _cmd_data_synth(args: argparse.Namespace, settings: Settings) -> int:
 
     config = SynthConfig(hours=args.hours, workers=args.workers, llm_fraction=args.llm_fraction)
     config.llm_budget_s = args.llm_budget_s
+    config.sentences = args.sentences
     manifest = synthesize(args.out, config)
     print(
         f"corpus {args.out}: {manifest['items']} items, {manifest['hours']:.2f} h in {len(manifest['shards'])} shards"
@@ -190,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="voicing processes (0 = one per core)")
     p.add_argument("--llm-fraction", type=float, default=0.5, help="share of text written by SmolLM2")
     p.add_argument("--llm-budget-s", type=float, default=900.0, help="cap on LLM text generation time")
+    p.add_argument(
+        "--sentences", metavar="FILE", help="also voice these sentences (one per line) first, if not in the corpus yet"
+    )
 
     p = subcommand("train", "codec", _cmd_train_codec, "train the speech codec (accelerate; resumable)")
     p.add_argument("--data", default="data/corpus", help="corpus folder from `ttt data synth`")

@@ -76,3 +76,29 @@ def test_default_filter_keeps_dev_and_heldout_sentences_out_of_training():
     for path in (p for p in (DEV_SENTENCES, HELDOUT_SENTENCES) if p.is_file()):
         first = path.read_text().splitlines()[0]
         assert not f.allows(first), path
+
+
+def test_written_sentences_come_first_once_and_extend_a_finished_corpus(tmp_path):
+    from training.synth import HELDOUT_SENTENCES, build_texts
+
+    heldout = HELDOUT_SENTENCES.read_text().splitlines()[0]
+    written = tmp_path / "written.txt"
+    quokka = "The quokka nibbled clover by the fjord."
+    written.write_text(f"{quokka}\n\n{heldout}\n{quokka}\n")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    config = SynthConfig(hours=0.01, llm_fraction=0.0, sentences=str(written))
+    texts = build_texts(config, corpus)
+    assert texts[0] == {"id": 0, "text": quokka, "source": "written"}
+    assert all(t["source"] == "template" for t in texts[1:]) and len(texts) > 3  # templates fill the hours
+    assert heldout not in [t["text"] for t in texts]  # the evaluation filter applies to written text too
+
+    before = (corpus / "texts.jsonl").read_text()
+    assert build_texts(config, corpus) == texts and (corpus / "texts.jsonl").read_text() == before
+    written.write_text("Saffron and sumac scented the bazaar.\n")  # the hours are reached: only this is added
+    grown = build_texts(config, corpus)
+    assert grown[:-1] == texts and grown[-1]["text"] == "Saffron and sumac scented the bazaar."
+
+    config.sentences = str(tmp_path / "missing.txt")
+    with pytest.raises(FileNotFoundError, match="one sentence per line"):
+        build_texts(config, corpus)

@@ -50,6 +50,7 @@ class SynthConfig:
     llm_budget_s: float = 900.0  # wall-clock cap on LLM text generation per run (it is the slow part)
     llm_batch: int = 64  # prompts generated together (64: 130 sentences a minute on 2 cores, measured)
     seed: int = 0  # texts and speaking-rate variation are reproducible from this
+    sentences: str | None = None  # file of written sentences (one per line) added before generated text
 
 
 # --- texts -----------------------------------------------------------------------------------
@@ -221,20 +222,31 @@ def template_sentence(rng: random.Random) -> str:
     return " ".join(rng.choice(options).split())
 
 
+def read_written_sentences(path: str | os.PathLike) -> list[str]:
+    """Non-empty lines of a sentence file for ``SynthConfig.sentences``; a clear error if it is missing."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"sentence file {file} does not exist; pass a text file with one sentence per line")
+    return [line.strip() for line in file.read_text().splitlines() if line.strip()]
+
+
 def build_texts(config: SynthConfig, out: Path, dev_filter: DevFilter | None = None) -> list[dict]:
-    """Extend ``out/texts.jsonl`` until its estimated speech reaches ``config.hours``; return all texts."""
+    """Extend ``out/texts.jsonl`` until its estimated speech reaches ``config.hours``; return all texts.
+
+    The sentences of ``config.sentences`` not yet in the corpus come first, whatever the target:
+    they are how a corpus gains words its generators never produce.
+    """
     path = out / "texts.jsonl"
     texts = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    written = read_written_sentences(config.sentences) if config.sentences else []
+    seen = {normalise(t["text"]) for t in texts}
     target_chars = config.hours * 3600 * CHARS_PER_SECOND
     have = sum(len(t["text"]) for t in texts)
-    if have >= target_chars:
+    if have >= target_chars and all(normalise(s) in seen for s in written):
         return texts
     dev_filter = dev_filter or DevFilter()
-    seen = {normalise(t["text"]) for t in texts}
     # a fresh seed per extension, so a bigger --hours adds new texts rather than repeating old ones
     rng = random.Random(config.seed * 1_000_003 + len(texts))
-    need = target_chars - have
-    llm_chars = need * config.llm_fraction
 
     def add(sentence: str, source: str, sink) -> int:
         key = normalise(sentence)
@@ -249,17 +261,25 @@ def build_texts(config: SynthConfig, out: Path, dev_filter: DevFilter | None = N
 
     from tqdm import tqdm
 
-    with path.open("a") as sink, tqdm(total=int(need), desc="texts (chars)", unit="ch") as bar:
-        if llm_chars > 0 and config.llm_budget_s > 0:
-            for sentence in llm_sentences(rng, config.llm_budget_s, llm_chars, config.llm_batch):
-                bar.update(add(sentence, "llm", sink))
-        added = sum(len(t["text"]) for t in texts) - have
-        misses = 0
-        while added < need and misses < 10_000:
-            got = add(template_sentence(rng), "template", sink)
-            misses = 0 if got else misses + 1
-            added += got
-            bar.update(got)
+    with path.open("a") as sink:
+        for sentence in written:
+            add(sentence, "written", sink)
+        have = sum(len(t["text"]) for t in texts)
+        need = target_chars - have
+        if need <= 0:
+            return texts
+        llm_chars = need * config.llm_fraction
+        with tqdm(total=int(need), desc="texts (chars)", unit="ch") as bar:
+            if llm_chars > 0 and config.llm_budget_s > 0:
+                for sentence in llm_sentences(rng, config.llm_budget_s, llm_chars, config.llm_batch):
+                    bar.update(add(sentence, "llm", sink))
+            added = sum(len(t["text"]) for t in texts) - have
+            misses = 0
+            while added < need and misses < 10_000:
+                got = add(template_sentence(rng), "template", sink)
+                misses = 0 if got else misses + 1
+                added += got
+                bar.update(got)
     return texts
 
 
