@@ -110,9 +110,13 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_data_synth(args: argparse.Namespace, settings: Settings) -> int:
     from training.synth import SynthConfig, synthesize
 
-    config = SynthConfig(hours=args.hours, workers=args.workers, llm_fraction=args.llm_fraction)
-    config.llm_budget_s = args.llm_budget_s
-    config.sentences = args.sentences
+    config = SynthConfig(
+        hours=args.hours,
+        workers=args.workers,
+        llm_fraction=args.llm_fraction,
+        llm_budget_s=args.llm_budget_s,
+        sentences=args.sentences,
+    )
     manifest = synthesize(args.out, config)
     print(
         f"corpus {args.out}: {manifest['items']} items, {manifest['hours']:.2f} h in {len(manifest['shards'])} shards"

@@ -239,12 +239,11 @@ def build_texts(config: SynthConfig, out: Path, dev_filter: DevFilter | None = N
     path = out / "texts.jsonl"
     texts = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
     written = read_written_sentences(config.sentences) if config.sentences else []
-    seen = {normalise(t["text"]) for t in texts}
     target_chars = config.hours * 3600 * CHARS_PER_SECOND
-    have = sum(len(t["text"]) for t in texts)
-    if have >= target_chars and all(normalise(s) in seen for s in written):
+    if not written and sum(len(t["text"]) for t in texts) >= target_chars:
         return texts
     dev_filter = dev_filter or DevFilter()
+    seen = {normalise(t["text"]) for t in texts}
     # a fresh seed per extension, so a bigger --hours adds new texts rather than repeating old ones
     rng = random.Random(config.seed * 1_000_003 + len(texts))
 
