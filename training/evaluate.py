@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import time
@@ -189,7 +190,8 @@ def evaluate_codec(
         result["wer_resynth"] = round(100 * word_error_rate(dev.sentences, hyp_resyn), 2)
         gap, gap_se = wer_gap(dev.sentences, dev.transcripts, hyp_resyn)
         result["wer_gap"] = round(100 * gap, 2)
-        result["wer_gap_se"] = round(100 * gap_se, 2)  # paired, over sentences: how firm the gap is
+        # paired, over sentences: how firm the gap is (null for one sentence: no spread to measure)
+        result["wer_gap_se"] = None if math.isnan(gap_se) else round(100 * gap_se, 2)
         # the teacher's own mel through the vocoder: how much of the gap the vocoder alone causes
         result["wer_vocoder_only"] = round(100 * word_error_rate(dev.sentences, hyp_copy), 2)
         if per_sentence is not None:

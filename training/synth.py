@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from audio_io.frames import SAMPLE_RATE
+from audio_io.resample import to_mono_16k
 
 log = logging.getLogger(__name__)
 
@@ -285,16 +286,6 @@ def build_texts(config: SynthConfig, out: Path, dev_filter: DevFilter | None = N
 # --- voicing ---------------------------------------------------------------------------------
 
 
-def _resample_16k(samples: np.ndarray, rate: int) -> np.ndarray:
-    try:
-        from audio_io.resample import to_mono_16k
-    except ImportError:  # written in parallel by another engineer; soxr is what it wraps
-        import soxr
-
-        return soxr.resample(samples, rate, SAMPLE_RATE).astype(np.float32)
-    return to_mono_16k(samples, rate)
-
-
 def _voice_shard(job: tuple[str, int, list[dict], int]) -> tuple[int, int, float]:
     """Voice one shard (in a worker process) and write it atomically; returns (index, items, seconds)."""
     out, index, items, seed = job
@@ -306,7 +297,7 @@ def _voice_shard(job: tuple[str, int, list[dict], int]) -> tuple[int, int, float
     for item in items:
         # a little speaking-rate variation, so the codec does not learn one tempo only
         utt = voice.speak(item["text"], length_scale=rng.uniform(0.9, 1.12))
-        samples = np.clip(_resample_16k(utt.samples, utt.sample_rate), -1.0, 1.0)
+        samples = np.clip(to_mono_16k(utt.samples, utt.sample_rate), -1.0, 1.0)
         audio.append((samples * 32767).astype(np.int16))
         lines.append(
             {
