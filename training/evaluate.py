@@ -16,7 +16,7 @@ import torch
 
 from audio_io.frames import SAMPLE_RATE
 from model.codec import SpeechCodec, load_codec
-from training.synth import DEV_SENTENCES
+from training.synth import DEV_SENTENCES, read_sentence_file
 
 
 def roundtrip(codec: SpeechCodec, audio: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -222,11 +222,8 @@ def spectrogram_png(original: np.ndarray, resynth: np.ndarray, path: str | os.Pa
 
 
 def read_sentences(path: str | os.PathLike | None) -> list[str]:
-    """Non-empty lines of the dev sentence file."""
-    path = Path(path) if path else DEV_SENTENCES
-    if not path.is_file():
-        raise FileNotFoundError(f"dev sentences file {path} does not exist; pass --sentences FILE")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    """Non-empty lines of the dev sentence file (``path``, or the shared dev set)."""
+    return read_sentence_file(path or DEV_SENTENCES, what="dev sentences file", hint="pass --sentences FILE")
 
 
 def run_eval_codec(args: argparse.Namespace, settings) -> int:

@@ -223,11 +223,15 @@ def template_sentence(rng: random.Random) -> str:
     return " ".join(rng.choice(options).split())
 
 
-def read_written_sentences(path: str | os.PathLike) -> list[str]:
-    """Non-empty lines of a sentence file for ``SynthConfig.sentences``; a clear error if it is missing."""
+def read_sentence_file(
+    path: str | os.PathLike,
+    what: str = "sentence file",
+    hint: str = "pass a text file with one sentence per line",
+) -> list[str]:
+    """Non-empty, stripped lines of a sentence file; if it is missing, an error naming ``what`` and ``hint``."""
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"sentence file {file} does not exist; pass a text file with one sentence per line")
+        raise FileNotFoundError(f"{what} {file} does not exist; {hint}")
     return [line.strip() for line in file.read_text().splitlines() if line.strip()]
 
 
@@ -239,7 +243,7 @@ def build_texts(config: SynthConfig, out: Path, dev_filter: DevFilter | None = N
     """
     path = out / "texts.jsonl"
     texts = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-    written = read_written_sentences(config.sentences) if config.sentences else []
+    written = read_sentence_file(config.sentences) if config.sentences else []
     target_chars = config.hours * 3600 * CHARS_PER_SECOND
     if not written and sum(len(t["text"]) for t in texts) >= target_chars:
         return texts
