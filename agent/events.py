@@ -46,6 +46,27 @@ class PartialTranscript(HearingEvent):
 
 
 @dataclass(frozen=True)
+class TurnScored(HearingEvent):
+    """The turn so far was transcribed and scored after a speech end; ``t`` is when that was known."""
+
+    kind: ClassVar[str] = "turn_scored"
+    speech_end: float  # the speech end it was scored at (source clock)
+    text: str  # the transcript so far
+    probability: float  # P(end of turn | text)
+    wait: float  # seconds of silence after ``speech_end`` that will end the turn
+
+    def to_json(self) -> dict[str, Any]:
+        """Base keys plus ``speech_end``, ``text``, ``probability`` and ``wait``."""
+        return {
+            **super().to_json(),
+            "speech_end": round(self.speech_end, 3),
+            "text": self.text,
+            "probability": round(self.probability, 4),
+            "wait": round(self.wait, 3),
+        }
+
+
+@dataclass(frozen=True)
 class EndOfTurn(HearingEvent):
     """The user finished their turn; ``text`` is its final transcript."""
 

@@ -23,9 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from agent.asr import StreamingTranscriber, WhisperAsr
-from agent.events import EndOfTurn, HearingEvent, PartialTranscript, SpeechEnded, SpeechStarted
+from agent.events import EndOfTurn, HearingEvent, PartialTranscript, SpeechEnded, SpeechStarted, TurnScored
 from agent.settings import Settings
-from agent.turn_detector import EndOfTurnModel, TurnDetector
+from agent.turn_detector import build_turn_detector
 from audio_io.frames import AudioFrame
 from audio_io.sources import AudioSource
 from audio_io.vad import SileroVad, VadEvent
@@ -68,12 +68,7 @@ class Listener:
             self._torch_threads = torch.get_num_threads()
             torch.set_num_threads(s.turn.torch_threads)
         backbone = load_backbone(s.assets.llm, s.assets.cache_dir, s.device)
-        self.turns = TurnDetector(
-            EndOfTurnModel(backbone, s.turn.system_prompt, quantize=s.turn.quantize),
-            min_silence_ms=s.turn.min_silence_ms,
-            max_silence_ms=s.turn.max_silence_ms,
-            eot_threshold=s.turn.eot_threshold,
-        )
+        self.turns = build_turn_detector(s.turn, backbone)
         self._eot_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ttt-eot")
 
     async def events(self, source: AudioSource) -> AsyncIterator[HearingEvent]:
@@ -153,7 +148,7 @@ class _Run:
             yield SpeechStarted(vad_event.t)
         else:
             yield SpeechEnded(vad_event.t)
-            await self._speech_ended(vad_event.t, vad_event.detected_at)
+            yield await self._speech_ended(vad_event.t, vad_event.detected_at)
 
     def _start_turn(self, speech_start: float) -> None:
         self.in_turn = True
@@ -196,7 +191,7 @@ class _Run:
             self.last_partial = hypothesis.text
             yield PartialTranscript(self.stamp(self.last_end), hypothesis.text, hypothesis.stable)
 
-    async def _speech_ended(self, end: float, detected_at: float) -> None:
+    async def _speech_ended(self, end: float, detected_at: float) -> TurnScored:
         """The critical path: final transcript and P(end of turn), awaited, then the required silence."""
         started = time.perf_counter()
         self.silence = 0.0
@@ -228,7 +223,9 @@ class _Run:
             1000 * turns.required_silence(probability),
             text,
         )
-        self.pending = _Pending(end, text, probability, end + turns.required_silence(probability), ready)
+        wait = turns.required_silence(probability)
+        self.pending = _Pending(end, text, probability, end + wait, ready)
+        return TurnScored(ready, end, text, probability, wait)
 
     def _maybe_end_turn(self, now: float) -> EndOfTurn | None:
         """End the pending turn once its required silence has passed (unless speech seems to resume)."""
@@ -259,7 +256,7 @@ class _Run:
                 yield event
         if self.in_turn and self.pending is None:
             yield SpeechEnded(self.last_end)
-            await self._speech_ended(self.last_end, self.last_end)
+            yield await self._speech_ended(self.last_end, self.last_end)
         if self.pending is not None:
             pending = self.pending
             t = self.stamp(max(pending.ready, self.last_end))
@@ -276,6 +273,8 @@ def format_event(event: HearingEvent) -> str:
     line = f"{event.t:8.3f}s  {event.kind:<12s}"
     if isinstance(event, PartialTranscript):
         line += f" {event.stable!s} | {event.text[len(event.stable) :].strip()}"
+    elif isinstance(event, TurnScored):
+        line += f" P(end)={event.probability:.2f} -> wait {event.wait * 1000:.0f} ms {event.text!r}"
     elif isinstance(event, EndOfTurn):
         line += f" {event.text!r}  (P(end)={event.probability:.2f}, silence {event.silence * 1000:.0f} ms)"
     return line

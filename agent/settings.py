@@ -70,9 +70,14 @@ class AsrSettings:
 class TurnSettings:
     """End-of-turn decision: silence so far combined with P(end of turn | transcript)."""
 
-    min_silence_ms: int = 250  # silence that ends a turn when the transcript is surely complete (> comma pauses)
-    max_silence_ms: int = 2000  # silence that ends a turn whatever the transcript says
-    eot_threshold: float = 0.5  # P(end of turn) at or above which the short wait applies (see benchmarks/listen.md)
+    scorer: str = "trained"  # "trained": the end-of-turn head (TURN_CARD.md); "zero_shot": P(<|im_end|> . ? !)
+    checkpoint: str | None = None  # trained head safetensors (its .json beside it); None = the shipped one
+    # The wait policy; None takes the scorer's own (the trained head's card, or the zero-shot values
+    # 250 ms / 2000 ms / 0.5 / 0.0 measured in benchmarks/listen.md).
+    min_silence_ms: int | None = None  # silence that ends a turn when the transcript is surely complete
+    max_silence_ms: int | None = None  # silence that ends a turn whatever the transcript says
+    eot_threshold: float | None = None  # P(end of turn) at or above which the short wait applies
+    eot_hold: float | None = None  # P(end of turn) at or below which the long wait applies
     system_prompt: str = "You are a helpful voice assistant. Answer briefly."  # prefix the EOT model sees
     torch_threads: int = 1  # torch.set_num_threads for the EOT forward (2 threads spin against whisper's)
     quantize: bool = True  # score with an int8 copy of the LLM: 3-4x faster on CPU (benchmarks/listen.md)

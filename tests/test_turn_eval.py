@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import pytest
+
+from agent.events import EndOfTurn, SpeechEnded, SpeechStarted, TurnScored
+from agent.turn_eval import (
+    MAX_PAUSE_S,
+    CaseResult,
+    choose_policy,
+    pareto,
+    pause_lengths,
+    replay,
+    split_cases,
+    summarize,
+)
+
+
+def _case(end: float, candidates, turn_times=()):
+    return CaseResult(0.0, end, list(candidates), list(turn_times), ["x"] * len(turn_times))
+
+
+def test_pause_lengths_cover_the_range_in_a_fixed_order():
+    pauses = pause_lengths(60)
+    assert min(pauses) == 0.5 and max(pauses) == 1.5 and len(set(pauses)) == 60
+    assert pauses == pause_lengths(60) and pauses != sorted(pauses)
+
+
+def test_split_cases_assigns_events_to_their_case():
+    events = [
+        SpeechStarted(0.5),
+        SpeechEnded(1.5),
+        TurnScored(1.7, 1.5, "book a table for", 0.01, 2.0),
+        SpeechStarted(2.5),
+        SpeechEnded(3.5),
+        TurnScored(3.7, 3.5, "book a table for four", 0.9, 0.2),
+        EndOfTurn(3.75, "book a table for four", 0.9, 0.25),
+        SpeechStarted(6.0),
+        SpeechEnded(7.0),
+        TurnScored(7.2, 7.0, "yes", 0.8, 0.2),
+        EndOfTurn(7.3, "yes", 0.8, 0.3),
+    ]
+    first, second = split_cases(events, [(0.5, 3.5), (6.0, 7.0)])
+    assert first.candidates == [(1.5, 1.7, 0.01, 2.5), (3.5, 3.7, 0.9, None)]
+    assert not first.cut_off and first.latency == pytest.approx(0.25)
+    assert second.candidates == [(7.0, 7.2, 0.8, None)] and second.latency == pytest.approx(0.3)
+
+
+def test_replay_cuts_when_the_wait_is_shorter_than_the_pause():
+    case = _case(3.5, [(1.5, 1.7, 0.3, 2.5), (3.5, 3.7, 0.9, None)])
+    assert replay(case, lambda p: 0.2 if p > 0.5 else 2.0) == (False, pytest.approx(0.2))
+    assert replay(case, lambda p: 0.2) == (True, None)  # 0.2 s < the 1 s pause: cut after the fragment
+    # The listener cannot end a turn before its transcript is ready.
+    late = _case(3.5, [(3.5, 3.9, 0.9, None)])
+    assert replay(late, lambda p: 0.2) == (False, pytest.approx(0.4))
+
+
+def test_summarize_counts_cutoffs_and_latency():
+    pauses = [_case(3.5, [(1.5, 1.7, 0.1, 2.5), (3.5, 3.7, 0.9, None)], [3.8]), _case(3.5, [], [1.9, 3.8])]
+    completes = [_case(2.0, [(2.0, 2.2, 0.9, None)], [2.3]), _case(2.0, [(2.0, 2.2, 0.4, None)], [2.5])]
+    heard = summarize(pauses, completes)
+    assert heard["false_cutoffs"] == 1 and heard["false_cutoff_rate"] == 0.5
+    assert heard["turns_found"] == 2 and heard["latency_p50_ms"] == 400
+
+
+def test_choose_policy_keeps_fragments_waiting_and_completes_fast():
+    fragment_p, complete_p = 0.03, [0.95, 0.85, 0.6, 0.7]
+    pauses = [_case(3.5, [(1.5, 1.6, fragment_p, 2.5), (3.5, 3.6, 0.9, None)])]
+    completes = [_case(2.0, [(2.0, 2.1, p, None)]) for p in complete_p]
+    policy, figures = choose_policy(pauses, completes)
+    from agent.turn_detector import TurnDetector
+
+    detector = TurnDetector(None, **policy)
+    assert detector.required_silence(fragment_p) >= MAX_PAUSE_S + 0.3
+    assert figures["false_cutoffs"] == 0 and figures["latency_p50_ms"] <= 250
+    # A fragment scored like the completes cannot be kept whole by any policy of the grid.
+    hopeless = [_case(3.5, [(1.5, 1.6, 0.95, 2.5), (3.5, 3.6, 0.9, None)])]
+    with pytest.raises(ValueError, match="no wait policy"):
+        choose_policy(hopeless, completes)
+
+
+def test_pareto_front():
+    assert pareto([(0.0, 900), (0.1, 400), (0.2, 500), (0.3, 200), (0.0, 800)]) == [(0.0, 800), (0.1, 400), (0.3, 200)]
+
+
+def test_curve_png(tmp_path):
+    from PIL import Image
+
+    from agent.turn_eval import plot_curves
+
+    path = tmp_path / "curve.png"
+    plot_curves({"zero_shot": [(0.3, 250), (0.0, 900)], "trained": [(0.0, 260)]}, path, {"trained": (260, 0.0)})
+    assert Image.open(path).size == (720, 460)
