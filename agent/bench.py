@@ -280,14 +280,16 @@ def _write_report(out: Path, summary: dict, table: list[str], runs: list[dict]) 
     out.write_text("\n".join(lines) + notes)
 
 
-def bench_turn(settings: Settings, repeats: int = 3, out: Path | None = Path("benchmarks/turn.md")) -> dict:
+def bench_turn(
+    settings: Settings, repeats: int = 3, out: Path | None = Path("benchmarks/turn.md"), cases: int = 0
+) -> dict:
     """The end-of-turn scorers side by side, on held-out sets and alone.
 
     Held-out pause cases and complete turns heard by the listener (false cut-offs, latency, a
     cut-offs-vs-latency PNG), then each scorer alone (its scores on complete vs unfinished
-    phrases, and its time per call).
+    phrases, and its time per call). ``cases`` > 0 uses the first N of each held-out set.
     """
-    summary: dict = {"bench": "turn", **_bench_turn_sets(settings, out)}
+    summary: dict = {"bench": "turn", **_bench_turn_sets(settings, out, cases)}
     summary.update(_bench_turn_scores(settings, repeats))
     summary["torch_threads"] = settings.turn.torch_threads
     summary["load_avg_1m"] = round(os.getloadavg()[0], 2)
@@ -301,7 +303,7 @@ def bench_turn(settings: Settings, repeats: int = 3, out: Path | None = Path("be
 SCORERS = ("zero_shot", "trained")  # the turn.scorer values the turn benchmark compares
 
 
-def _bench_turn_sets(settings: Settings, out: Path | None) -> dict:
+def _bench_turn_sets(settings: Settings, out: Path | None, cases: int = 0) -> dict:
     """Each scorer, with its own wait policy, on the held-out sets voiced by the teacher."""
     import copy
 
@@ -310,6 +312,8 @@ def _bench_turn_sets(settings: Settings, out: Path | None) -> dict:
     from training.turn_data import read_pause_cases, read_turns
 
     pauses, completes = read_pause_cases(), read_turns()
+    if cases > 0:
+        pauses, completes = pauses[:cases], completes[:cases]
     results: dict = {}
     curves, marks = {}, {}
     for scorer in SCORERS:
@@ -618,12 +622,13 @@ def _write_real_report(out: Path, summary: dict) -> None:
 def run_bench(settings: Settings, what: str, args: argparse.Namespace) -> int:
     """``ttt bench WHAT``."""
     repeats = getattr(args, "repeats", 3)
+    cases = getattr(args, "cases", 0)
     if what == "listen":
         bench_listen(settings, repeats)
     elif what == "turn":
-        bench_turn(settings, repeats)
+        bench_turn(settings, repeats, cases=cases)
     elif what == "real":
-        bench_real(settings)
+        bench_real(settings, count=cases or 80)
     else:
         from agent.cli import UserError
 

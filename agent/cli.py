@@ -182,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("bench", _cmd_bench, "benchmarks: speed and latency, reported as medians")
     p.add_argument("what", choices=["listen", "turn", "real", "say"], help="what to measure")
     p.add_argument("--repeats", type=int, default=3, help="repetitions (medians are reported)")
+    p.add_argument("--cases", type=int, default=0, help="turn: first N of each held-out set; real: N prompts (80)")
 
     # nested commands ("ttt data synth", "ttt train codec"...): one group parser per first word
     groups: dict[str, argparse._SubParsersAction] = {}
@@ -224,10 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = subcommand("train", "turn", _cmd_train_turn, "train the end-of-turn head and choose its wait policy")
     p.add_argument("--run", default="runs/turn", help="run folder: examples, features, head, policy")
-    p.add_argument("--epochs", type=int, default=60, help="passes over the training features")
+    p.add_argument("--epochs", type=int, default=12, help="passes over the training features")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--export", metavar="DIR", help="also export the head and its card to DIR (turn_head.*)")
-    p.add_argument("--no-policy", action="store_true", help="skip choosing the wait policy on the voiced dev set")
+    p.add_argument("--limit", type=int, default=0, help="train on the first N examples only (0 = all)")
+    p.add_argument("--no-policy", action="store_true", help="skip choosing the wait policy on the dev set")
 
     p = subcommand("codec", "roundtrip", _cmd_codec_roundtrip, "encode a sound file with the codec and decode it back")
     p.add_argument("input", metavar="IN", help="input audio file (any sample rate, mono or stereo)")

@@ -136,7 +136,8 @@ def trained(eot_model):
     from model.turn_head import load_head
 
     head, _ = load_head()
-    return EndOfTurnModel(load_backbone(), "You are a helpful voice assistant. Answer briefly.", quantize=True, head=head)
+    prompt = "You are a helpful voice assistant. Answer briefly."
+    return EndOfTurnModel(load_backbone(), prompt, quantize=True, head=head)
 
 
 @pytest.mark.slow
@@ -148,7 +149,8 @@ def test_trained_head_separates_held_out_fragments_from_complete_turns(trained):
     complete = [trained.probability(t) for t in read_turns()]
     auc = sum(c > f for c in complete for f in fragments) / (len(complete) * len(fragments))
     assert auc > 0.97, auc
-    assert sorted(fragments)[-3] < sorted(complete)[len(complete) // 4]  # all but two fragments below the 25th percentile
+    # All but two fragments score below the complete turns' 25th percentile.
+    assert sorted(fragments)[-3] < sorted(complete)[len(complete) // 4]
 
 
 @pytest.mark.slow
