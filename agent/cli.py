@@ -7,6 +7,7 @@ machine without (say) PortAudio can still run everything that does not touch a s
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from collections.abc import Callable
@@ -96,7 +97,7 @@ def _cmd_say(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     if args.what == "say":  # the talker's benchmark lives model-side
-        import json
+
 
         from model.say import bench_say
 
@@ -128,6 +129,20 @@ def _cmd_train_codec(args: argparse.Namespace, settings: Settings) -> int:
     from training.train_codec import run_train_codec
 
     return run_train_codec(args)
+
+
+def _cmd_data_align(args: argparse.Namespace, settings: Settings) -> int:
+    from training.align import align_corpus
+
+    manifest = align_corpus(args.data, args.out)
+    print(json.dumps(manifest))
+    return 0
+
+
+def _cmd_train_talker(args: argparse.Namespace, settings: Settings) -> int:
+    from training.train_talker import run_train_talker
+
+    return run_train_talker(args, settings)
 
 
 def _cmd_codec_roundtrip(args: argparse.Namespace, settings: Settings) -> int:
@@ -198,6 +213,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sentences", metavar="FILE", help="also voice these sentences (one per line) first, if not in the corpus yet"
     )
+
+    p = subcommand("data", "align", _cmd_data_align, "encode the corpus with the codec and align its word chunks")
+    p.add_argument("--data", default="data/corpus", help="corpus folder from `ttt data synth`")
+    p.add_argument("--out", default="data/aligned", help="aligned corpus folder (default: data/aligned)")
+
+    p = subcommand("train", "talker", _cmd_train_talker, "train the unified transformer's voice (resumable)")
+    p.add_argument("--data", default="data/aligned", help="aligned corpus folder from `ttt data align`")
+    p.add_argument("--run", default="runs/talker", help="run folder: checkpoints, loss log and curve")
+    p.add_argument("--minutes", type=float, default=60.0, help="stop after this much training time")
+    p.add_argument("--steps", type=int, default=0, help="stop after this many steps (0 = by time only)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--limit", type=int, default=0, help="train on the first N clips only (the overfit gate)")
+    p.add_argument("--positions-per-step", type=int, default=0, help="real positions per step (0 = 2048)")
+    p.add_argument("--row-length", type=int, default=0, help="packed row length (0 = 512)")
+    p.add_argument("--lr", type=float, default=0.0, help="peak LoRA learning rate (0 = 3e-4)")
+    p.add_argument("--speech-lr", type=float, default=0.0, help="peak learning rate of the speech parts (0 = 1e-3)")
+    p.add_argument("--val-every", type=int, default=0, help="steps between validations (0 = 200)")
+    p.add_argument("--lora-rank", type=int, default=0, help="LoRA rank of a new run (0 = 32)")
 
     p = subcommand("train", "codec", _cmd_train_codec, "train the speech codec (accelerate; resumable)")
     p.add_argument("--data", default="data/corpus", help="corpus folder from `ttt data synth`")
