@@ -97,8 +97,6 @@ def _cmd_say(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     if args.what == "say":  # the talker's benchmark lives model-side
-
-
         from model.say import bench_say
 
         print(json.dumps(bench_say(settings, repeats=args.repeats)))
@@ -143,6 +141,12 @@ def _cmd_train_talker(args: argparse.Namespace, settings: Settings) -> int:
     from training.train_talker import run_train_talker
 
     return run_train_talker(args, settings)
+
+
+def _cmd_eval_tts(args: argparse.Namespace, settings: Settings) -> int:
+    from training.eval_tts import run_eval_tts
+
+    return run_eval_tts(args, settings)
 
 
 def _cmd_codec_roundtrip(args: argparse.Namespace, settings: Settings) -> int:
@@ -263,6 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", metavar="FILE", help="write a spectrogram comparison PNG")
     p.add_argument("--griffin-lim", action="store_true", help="decode with Griffin-Lim, not the vocoder")
     p.add_argument("--no-timing", action="store_true", help="skip the real-time-factor measurements (faster)")
+    p.add_argument("--transcripts", metavar="FILE", help="append per-sentence transcripts to FILE (JSON lines)")
+
+    p = subcommand("eval", "tts", _cmd_eval_tts, "talker WER (free-running and single-span) beside the teacher's")
+    p.add_argument(
+        "--checkpoint", metavar="PATH", nargs="+", help="talker safetensors, one or more (default: the shipped one)"
+    )
+    p.add_argument("--sentences", metavar="FILE", help="sentences (default: ../shared/eval/dev_sentences.txt)")
+    p.add_argument("--limit", type=int, default=0, help="use only the first N sentences (0 = all)")
     p.add_argument("--transcripts", metavar="FILE", help="append per-sentence transcripts to FILE (JSON lines)")
     return parser
 

@@ -166,6 +166,7 @@ def stream(
     cancel: threading.Event | None = None,
     use_cache: bool = True,
     stats: dict[str, Any] | None = None,
+    teacher: list[torch.Tensor] | None = None,
 ) -> Iterator[TalkerEvent]:
     """Generate the reply to ``messages``: yields :class:`TextDelta` and :class:`AudioChunk` events.
 
@@ -173,7 +174,11 @@ def stream(
     ``codec`` (a SpeechCodec) turns each span's frames into samples as soon as the span is
     decided; without one, chunks carry codes and no samples. Setting ``cancel`` stops the
     generation before its next forward pass. ``use_cache=False`` recomputes the whole sequence
-    at every pass (a slow reference for tests). ``stats`` receives ``passes`` (forward passes).
+    at every pass (a slow reference for tests). ``teacher`` (true frames [k, G] of every span, with
+    ``text``) makes each span a prediction from the true spans before it: the span is diffused at
+    its true length and yielded, but the true frames join the context (the single-span measurement).
+    ``stats`` receives ``passes`` (forward passes) and
+    ``positions`` (every position of the turn, as :func:`model.sequence.build_reply` lays it out).
     """
     options = options or GenerationOptions()
     forced = None
@@ -190,12 +195,15 @@ def stream(
         ids = ids[len(primed.ids) :]
     state.pending.add_text(ids)
     try:
-        yield from _reply(talker, state, codec, forced, options)
+        if teacher is not None and (forced is None or len(teacher) != len(forced)):
+            raise ValueError(f"teacher spans need the text and one span per chunk ({len(forced or [])} chunks)")
+        yield from _reply(talker, state, codec, forced, options, teacher)
     except Cancelled:
         return
     finally:
         if stats is not None:
             stats["passes"] = state.passes
+            stats["positions"] = state.done.concat(state.pending)
 
 
 async def astream(
@@ -298,7 +306,12 @@ def _generated_chunks(talker: Any, state: GenerationState, options: GenerationOp
 
 
 def _reply(
-    talker: Any, state: GenerationState, codec: Any, forced: list | None, options: GenerationOptions
+    talker: Any,
+    state: GenerationState,
+    codec: Any,
+    forced: list | None,
+    options: GenerationOptions,
+    teacher: list[torch.Tensor] | None = None,
 ) -> Iterator[TalkerEvent]:
     """The interleaving loop behind :func:`stream`."""
     generator = torch.Generator().manual_seed(options.seed) if options.seed is not None else None
@@ -317,8 +330,10 @@ def _reply(
 
     def span(index: int, hidden: torch.Tensor, steps: int) -> torch.Tensor:
         """Decide span ``index``: its length from ``hidden``, then its codes by ``steps`` unmasking passes."""
-        logits = talker.duration_logits(hidden)
-        length = int(logits[1:].argmax()) + 1
+        if teacher is not None:
+            length = len(teacher[index])
+        else:
+            length = int(talker.duration_logits(hidden)[1:].argmax()) + 1
         frames = torch.full((length, groups), MASK, dtype=torch.long)
         for count in unmask_counts(length * groups, steps):
             rows = Positions(groups)
@@ -326,7 +341,7 @@ def _reply(
             h = state.forward(rows, keep=False)[-length:]
             codes, confidence = guess_codes(talker.speech.code_logits(h), options.code_temperature, generator)
             frames = commit(frames, codes, confidence, count)
-        state.pending.add_span(frames, index)
+        state.pending.add_span(teacher[index] if teacher is not None else frames, index)
         return frames
 
     if forced is not None:

@@ -77,7 +77,8 @@ def say(
     pieces: list[np.ndarray] = []
     frames = 0
     stats: dict[str, Any] = {}
-    stream = talker.stream(messages if messages is not None else SAY_MESSAGES, codec, text=text, options=options, stats=stats)
+    messages = messages if messages is not None else SAY_MESSAGES
+    stream = talker.stream(messages, codec, text=text, options=options, stats=stats)
     with torch.inference_mode():
         for event in stream:
             if isinstance(event, AudioChunk):
