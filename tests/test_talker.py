@@ -327,6 +327,9 @@ def test_checkpoint_roundtrip_and_errors(tokenizer, tmp_path):
             if "lora_B" in n:
                 p.normal_()  # non-zero adapters, so the roundtrip is meaningful
     path = tmp_path / "talker.safetensors"
+    with torch.no_grad():
+        for _, p in a.trainable_parameters():
+            p.copy_(p.half().float())  # exactly representable, so the roundtrip compares equal
     a.save_trainable(path, extra={"steps": 12})
     b = tiny_talker(tokenizer, seed=0)  # same backbone, other adapters and speech weights
     with torch.no_grad():
@@ -334,7 +337,7 @@ def test_checkpoint_roundtrip_and_errors(tokenizer, tmp_path):
             p.normal_()
     assert b.load_trainable(path) == {"steps": 12}
     for key, value in a.trainable_state().items():
-        assert torch.equal(value, b.trainable_state()[key]), key
+        assert torch.equal(value.half().float(), b.trainable_state()[key]), key  # saved in half precision
     backbone_bytes = sum(p.numel() * 4 for n, p in a.lm.named_parameters() if "lora_" not in n)
     assert path.stat().st_size < backbone_bytes / 3  # adapters, norms and speech parameters only
     reply, _ = build_reply([1, 2], [Chunk([3, 4], [5], 2)], torch.zeros(2, 2, dtype=torch.long), 9)

@@ -229,6 +229,8 @@ def train(
     if state is not None:
         cfg = TrainConfig(**state["train_config"])
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    if torch.cuda.is_available():  # fp32 weights, TF32 matmuls: no dtype juggling between LoRA and the masks
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     codec = load_codec()
     backbone = load_backbone(
         settings.assets.llm if settings else None, settings.assets.cache_dir if settings else None
@@ -398,7 +400,7 @@ def run_train_talker(args: argparse.Namespace, settings) -> int:
     set_threads(args.threads)
     logging.basicConfig(level=logging.INFO)
     cfg = TrainConfig()
-    for name in ("positions_per_step", "row_length", "lr", "speech_lr", "val_every"):
+    for name in ("positions_per_step", "row_length", "lr", "speech_lr", "val_every", "save_every_s"):
         value = getattr(args, name, None)
         if value:
             setattr(cfg, name, value)
