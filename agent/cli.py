@@ -130,8 +130,10 @@ def _cmd_train_codec(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_data_align(args: argparse.Namespace, settings: Settings) -> int:
+    from model.talker import set_threads
     from training.align import align_corpus
 
+    set_threads(args.threads)
     manifest = align_corpus(args.data, args.out)
     print(json.dumps(manifest))
     return 0
@@ -147,6 +149,12 @@ def _cmd_eval_tts(args: argparse.Namespace, settings: Settings) -> int:
     from training.eval_tts import run_eval_tts
 
     return run_eval_tts(args, settings)
+
+
+def _cmd_eval_chat(args: argparse.Namespace, settings: Settings) -> int:
+    from training.eval_chat import run_eval_chat
+
+    return run_eval_chat(args, settings)
 
 
 def _cmd_codec_roundtrip(args: argparse.Namespace, settings: Settings) -> int:
@@ -221,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = subcommand("data", "align", _cmd_data_align, "encode the corpus with the codec and align its word chunks")
     p.add_argument("--data", default="data/corpus", help="corpus folder from `ttt data synth`")
     p.add_argument("--out", default="data/aligned", help="aligned corpus folder (default: data/aligned)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (two stall each other on a busy box)")
 
     p = subcommand("train", "talker", _cmd_train_talker, "train the unified transformer's voice (resumable)")
     p.add_argument("--data", default="data/aligned", help="aligned corpus folder from `ttt data align`")
@@ -277,6 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sentences", metavar="FILE", help="sentences (default: ../shared/eval/dev_sentences.txt)")
     p.add_argument("--limit", type=int, default=0, help="use only the first N sentences (0 = all)")
     p.add_argument("--transcripts", metavar="FILE", help="append per-sentence transcripts to FILE (JSON lines)")
+
+    p = subcommand("eval", "chat", _cmd_eval_chat, "chat accuracy of the talker beside its untouched backbone")
+    p.add_argument("--checkpoint", metavar="PATH", nargs="+", help="talker safetensors (default: the shipped one)")
+    p.add_argument("--questions", metavar="FILE", help="'question | keywords' lines (default: the shipped 50)")
+    p.add_argument("--answers", metavar="FILE", help="append every answer to FILE (JSON lines)")
     return parser
 
 
