@@ -54,7 +54,7 @@ def _cmd_listen(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from agent.listen import run_demo
+    from agent.demo import run_demo
 
     return run_demo(settings)
 
