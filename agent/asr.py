@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -116,6 +116,18 @@ def drop_repeated_tail(text: str) -> str:
         else:
             break
     return " ".join(sentences)
+
+
+class Recognizer(Protocol):
+    """Blocking transcription of a whole utterance: :class:`WhisperAsr`, or a scripted fake in tests."""
+
+    def transcribe(self, samples: np.ndarray) -> str:
+        """The text spoken in ``samples`` (16 kHz mono float32); "" for silence."""
+        ...
+
+    def decode(self, samples: np.ndarray) -> Decoding:
+        """Like :meth:`transcribe`, with the scores that tell speech from hallucination."""
+        ...
 
 
 class WhisperAsr:
@@ -322,7 +334,7 @@ class StreamingTranscriber:
     :meth:`final` reuses it, so the final transcript is ready almost when the silence is confirmed.
     """
 
-    def __init__(self, asr: WhisperAsr, partial_interval_ms: int = 300, min_partial_ms: int = 500):
+    def __init__(self, asr: Recognizer, partial_interval_ms: int = 300, min_partial_ms: int = 500):
         if partial_interval_ms <= 0:
             raise ValueError(f"asr.partial_interval_ms must be > 0, got {partial_interval_ms}")
         self.asr = asr

@@ -121,7 +121,7 @@ def bench_listen(settings: Settings, repeats: int = 3, out: Path | None = Path("
         paused = Path(tmp) / "paused.wav"
         pause_spans = write_conversation([PAUSED_TURN], paused, pause_s=PAUSE_S)
         started = time.perf_counter()
-        listener = Listener(settings)
+        listener = Listener.from_settings(settings)
         load_s = time.perf_counter() - started
         runs = []
         try:
@@ -205,16 +205,13 @@ def bench_turn(settings: Settings, repeats: int = 3) -> dict:
     pipeline sees (whisper's own punctuation included).
     """
     import soxr
+    import torch
 
     from agent.asr import WhisperAsr
     from agent.turn_detector import EndOfTurnModel
     from model.backbone import load_backbone
     from training.teacher import teacher_voice, trim_silence
 
-    if settings.turn.torch_threads > 0:
-        import torch
-
-        torch.set_num_threads(settings.turn.torch_threads)
     backbone = load_backbone(settings.assets.llm, settings.assets.cache_dir, settings.device)
     asr = WhisperAsr(settings.asr, settings.assets.whisper)
     voice = teacher_voice(settings.assets.piper_voice)
@@ -267,7 +264,7 @@ def bench_turn(settings: Settings, repeats: int = 3) -> dict:
             f"P(end of turn) {key}: median of {len(times)} typical turns {summary[f'{key}_ms']} ms wall, "
             f"{summary[f'{key}_cpu_ms']} ms CPU"
         )
-    summary["torch_threads"] = settings.turn.torch_threads
+    summary["torch_threads"] = torch.get_num_threads()
     summary["load_avg_1m"] = round(os.getloadavg()[0], 2)
     print(f"load average {summary['load_avg_1m']} on {os.cpu_count()} cores")
     print(json.dumps(summary))

@@ -11,7 +11,7 @@ import sys
 import warnings
 from collections.abc import Callable
 
-from agent.settings import Settings, SettingsError, load_settings
+from agent.settings import Settings, SettingsError, load_settings, set_torch_threads
 
 
 class UserError(RuntimeError):
@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = _settings(args)
+        set_torch_threads(settings)
         return int(args.handler(args, settings) or 0)
     except (UserError, SettingsError, AssetError, AudioError) as exc:
         print(f"ttt {args.command}: error: {exc}", file=sys.stderr)

@@ -28,7 +28,7 @@ def run_demo(settings: Settings) -> int:
         spans = write_conversation(DEMO_TURNS, path)
         print("loading the VAD, whisper and the end-of-turn LLM...")
         started = time.perf_counter()
-        listener = Listener(settings)
+        listener = Listener.from_settings(settings)
         print(f"loaded in {time.perf_counter() - started:.1f} s; listening (as fast as possible, audio-time stamps):\n")
         try:
             result = listen_file(listener, path)

@@ -16,10 +16,10 @@ from training.wer import word_error_rate
 
 
 @pytest.fixture(scope="module")
-def listener():
+def listener(one_torch_thread):
     from agent.listen import Listener
 
-    listener = Listener(Settings())
+    listener = Listener.from_settings(Settings())
     yield listener
     listener.close()
 
