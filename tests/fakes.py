@@ -141,3 +141,73 @@ class ChunkedSource(AudioSource):
             self._now = frame.end
             await asyncio.sleep(0)
             yield frame
+
+
+AGENT_HZ = 2500.0  # the fake agent's voice: a tone no scripted user utterance uses
+WORD_AUDIO_S = 0.3  # seconds of agent audio per word
+
+
+class FakeVoice:
+    """A voice on the session clock: ``think_s`` before the first word, then one word (text and a tone) at a time.
+
+    ``answer(messages)`` picks the reply text; each word takes ``word_s`` of compute and sounds for WORD_AUDIO_S.
+    """
+
+    def __init__(
+        self,
+        clock,
+        answer: Callable[[list[dict]], str],
+        think_s: float = 0.3,
+        word_s: float = 0.05,
+    ):
+        self.clock = clock
+        self.answer = answer
+        self.think_s = think_s
+        self.word_s = word_s
+        self.prompts: list[list[dict]] = []  # the messages of every reply asked for
+        self.cancelled = 0  # replies that stopped because their cancel event was set
+
+    def word_audio(self) -> np.ndarray:
+        """One word of the agent's voice."""
+        t = np.arange(round(WORD_AUDIO_S * SAMPLE_RATE)) / SAMPLE_RATE
+        return (0.2 * np.sin(2 * np.pi * AGENT_HZ * t)).astype(np.float32)
+
+    async def _speak(self, text: str, cancel) -> AsyncIterator:
+        import torch
+
+        from model.talker import AudioChunk, TextDelta
+
+        await self.clock.wait_until(self.clock.now() + self.think_s)
+        try:
+            for word in text.split():
+                if cancel.is_set():
+                    self.cancelled += 1
+                    return
+                yield TextDelta(" " + word)
+                yield AudioChunk(torch.zeros(0, 1, dtype=torch.long), self.word_audio(), SAMPLE_RATE)
+                await self.clock.wait_until(self.clock.now() + self.word_s)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+    def reply(self, messages: list[dict], cancel) -> AsyncIterator:
+        """Answer ``messages``."""
+        self.prompts.append([dict(m) for m in messages])
+        return self._speak(self.answer(messages), cancel)
+
+    def say(self, text: str, cancel) -> AsyncIterator:
+        """Voice ``text``."""
+        return self._speak(text, cancel)
+
+
+def loud_runs(audio: np.ndarray, threshold: float = 0.05, gap_s: float = 0.03) -> list[tuple[float, float]]:
+    """(start, end) seconds of the stretches louder than ``threshold``, gaps shorter than ``gap_s`` bridged."""
+    loud = np.flatnonzero(np.abs(audio) > threshold)
+    runs: list[tuple[float, float]] = []
+    for index in loud:
+        t = index / SAMPLE_RATE
+        if runs and t - runs[-1][1] <= gap_s:
+            runs[-1] = (runs[-1][0], t + 1 / SAMPLE_RATE)
+        else:
+            runs.append((t, t + 1 / SAMPLE_RATE))
+    return runs
