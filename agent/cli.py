@@ -53,6 +53,14 @@ def _cmd_listen(args: argparse.Namespace, settings: Settings) -> int:
     return run_listen(settings, input_path=args.input, realtime=args.realtime, as_json=args.json)
 
 
+def _cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
+    from agent.chat import run_chat
+
+    if args.record is not None and args.input is None:
+        raise UserError("--record needs --input: only a conversation with a file as the microphone is recorded")
+    return run_chat(settings, args.input, args.record, args.metrics, args.reply, as_json=args.json)
+
+
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from agent.demo import run_demo
 
@@ -163,7 +171,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--realtime", action="store_true", help="pace --input in real time (default: fast)")
     p.add_argument("--json", action="store_true", help="print one JSON object per event")
 
-    command("demo", _cmd_demo, "the main job on the embedded defaults: hear a synthesised conversation")
+    p = command("chat", _cmd_chat, "talk with the agent: microphone and speaker, or a file played as a live microphone")
+    p.add_argument("--input", metavar="USER.wav", help="play this file as the microphone, in real time")
+    p.add_argument("--record", metavar="REC.wav", help="with --input: write a stereo recording (left mic, right agent)")
+    p.add_argument("--metrics", metavar="FILE", help="write one JSON line of latencies per answered turn")
+    p.add_argument(
+        "--reply",
+        choices=["auto", "talker", "piper"],
+        help="who answers (default: agent.reply, auto)",
+    )
+    p.add_argument("--json", action="store_true", help="print every event as one JSON object a line")
+
+    command("demo", _cmd_demo, "the main job on the embedded defaults: a spoken conversation with the agent")
 
     p = command("assets", _cmd_assets, "show where each model asset is found")
     p.add_argument("--prepare", action="store_true", help="also convert/cache what needs it (the LLM)")

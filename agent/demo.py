@@ -1,45 +1,32 @@
-"""``ttt demo``: a short conversation voiced by the Piper teacher, heard as if from a microphone."""
+"""``ttt demo`` (``make run``): a spoken example conversation with the agent, and its latency summary.
+
+The Piper teacher voices a few questions into a WAV, which ``ttt chat --input ... --record ...``
+plays as a live microphone; the stereo recording (left: the questions, right: the agent) is kept.
+"""
 
 from __future__ import annotations
 
-import time
+from pathlib import Path
 
-from agent.bench import listen_file, turn_latencies
-from agent.listen import Listener, format_event
+from agent.chat import run_chat
 from agent.settings import Settings
 
-DEMO_TURNS: list[tuple[str, ...]] = [
-    ("Hi! Can you hear me?",),
-    ("Please set a reminder to water the plants on Sunday.",),
-    ("My phone number is", "five five five, one two three four."),  # a pause inside an unfinished phrase
-    ("Thanks, that is all for today.",),
+DEMO_QUESTIONS = [
+    "Hi! What is the capital of France?",
+    "How many days are in a week?",
+    "Thanks, that is all for today.",
 ]
+DEMO_GAP_S = 7.0  # silence after each question: room for the answer
+DEMO_DIR = Path("runs/demo")
 
 
-def run_demo(settings: Settings) -> int:
-    """``ttt demo``: voice a short conversation with the teacher, hear it, print events and a summary."""
-    import tempfile
-
+def run_demo(settings: Settings, out: Path = DEMO_DIR, reply: str | None = None) -> int:
+    """Voice the questions, talk them through with the agent, print the turns and the latency summary."""
     from training.teacher import write_conversation
 
-    with tempfile.TemporaryDirectory(prefix="ttt-demo-") as tmp:
-        path = f"{tmp}/conversation.wav"
-        print(f"voicing {len(DEMO_TURNS)} turns with the Piper teacher voice (one has a pause mid-phrase)...")
-        spans = write_conversation(DEMO_TURNS, path)
-        print("loading the VAD, whisper and the end-of-turn LLM...")
-        started = time.perf_counter()
-        listener = Listener.from_settings(settings)
-        print(f"loaded in {time.perf_counter() - started:.1f} s; listening (as fast as possible, audio-time stamps):\n")
-        try:
-            result = listen_file(listener, path)
-        finally:
-            listener.close()
-    for event in result.events:
-        print(format_event(event))
-    latencies = turn_latencies(result.turns, spans)
-    print(f"\n{len(result.turns)} turns heard ({len(DEMO_TURNS)} spoken):")
-    for i, (turn, latency) in enumerate(zip(result.turns, latencies, strict=True)):
-        when = "before the speech ended" if latency is None else f"{1000 * latency:.0f} ms after the speech ended"
-        print(f"  {i + 1}. {turn.text!r}  end of turn {when}")
-    print(f"real-time factor {result.rtf:.2f} ({result.wall_s:.1f} s for {result.audio_s:.1f} s of audio)")
-    return 0
+    out.mkdir(parents=True, exist_ok=True)
+    questions, recording, metrics = out / "questions.wav", out / "conversation.wav", out / "metrics.jsonl"
+    print(f"voicing {len(DEMO_QUESTIONS)} questions with the Piper teacher voice into {questions}")
+    write_conversation(DEMO_QUESTIONS, questions, gap_s=DEMO_GAP_S)
+    print(f"ttt chat --input {questions} --record {recording} --metrics {metrics}  (in real time)\n")
+    return run_chat(settings, str(questions), str(recording), str(metrics), reply)

@@ -100,6 +100,19 @@ class TalkerSettings:
 
 
 @dataclass
+class AgentSettings:
+    """The conversation loop."""
+
+    reply: str = "auto"  # who answers: "talker" (the unified model), "piper" (the cascade baseline: LLM text,
+    # then the Piper teacher voice), "auto" (the talker once a trained checkpoint exists, else piper)
+    system_prompt: str = "You are a friendly voice assistant. Answer in one short sentence."  # steers SmolLM2-135M
+    # to short answers (a plainer prompt makes it ramble or drift into French; tests/test_voices.py)
+    min_interruption_ms: int = 300  # user speech over the agent shorter than this (a cough, "mhm") is no barge-in
+    max_history_tokens: int = 1024  # prompt budget; the oldest turns are dropped beyond it (system prompt kept)
+    max_reply_tokens: int = 64  # cap on a cascade reply's text tokens (the talker's is talker.max_new_tokens)
+
+
+@dataclass
 class Settings:
     """Everything configurable, grouped by stage."""
 
@@ -109,6 +122,7 @@ class Settings:
     asr: AsrSettings = field(default_factory=AsrSettings)
     turn: TurnSettings = field(default_factory=TurnSettings)
     talker: TalkerSettings = field(default_factory=TalkerSettings)
+    agent: AgentSettings = field(default_factory=AgentSettings)
     device: str = "cpu"  # torch device for the LLM: "cpu", "cuda" or "auto"
     torch_threads: int = 0  # torch CPU threads for the whole process, set once at start; 0 = half the cores
     # (at least 1), leaving room for whisper and audio: two threads on two busy cores stall each other
