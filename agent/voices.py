@@ -24,6 +24,7 @@ from audio_io.frames import SAMPLE_RATE
 from audio_io.resample import to_mono_16k
 from model.talker import SAY_MESSAGES, AudioChunk, GenerationOptions, TextDelta
 
+LEADING_SILENCE = 0.01  # amplitude below which Piper's first samples are cut (10 ms before the first louder one kept)
 CLAUSE_END = re.compile(r"[.!?;:,]\s*$")  # a text piece ending like this can be voiced on its own
 
 
@@ -132,9 +133,11 @@ class CascadeVoice:
         return self._voice(lambda: iter(re.findall(r"\S+\s*", text)), cancel)
 
     def speak(self, clause: str) -> np.ndarray:
-        """One clause as 16 kHz samples (blocking)."""
+        """One clause as 16 kHz samples (blocking), without Piper's leading silence (it would only add latency)."""
         utterance = self.teacher.speak(clause)
-        return to_mono_16k(utterance.samples, utterance.sample_rate)
+        samples = to_mono_16k(utterance.samples, utterance.sample_rate)
+        loud = np.flatnonzero(np.abs(samples) > LEADING_SILENCE)
+        return samples[max(0, loud[0] - SAMPLE_RATE // 100) :] if len(loud) else samples
 
     async def _voice(self, pieces: Callable[[], Iterator[str]], cancel: threading.Event) -> AsyncIterator[Any]:
         import torch
