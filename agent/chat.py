@@ -17,11 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from agent.dialogue import History
-from agent.events import EndOfTurn, ErrorEvent, Event, Interruption, PlaybackFinished, SourceClock, TurnMetrics
+from agent.events import (
+    EndOfTurn,
+    ErrorEvent,
+    Event,
+    Interruption,
+    PlaybackFinished,
+    SourceClock,
+    ToolCallEnded,
+    TurnMetrics,
+)
 from agent.listen import Listener
 from agent.loop import Agent, AgentConfig, Voice
 from agent.metrics import MetricsLog, format_summary
 from agent.settings import Settings, SettingsError
+from agent.tools import Toolbox
 
 REPLIES = ("auto", "talker", "piper")
 
@@ -83,6 +93,8 @@ def describe(event: Event) -> str | None:
         return f"{event.t:8.2f}s  (voice to voice {1000 * event.voice_to_voice_s:.0f} ms)"
     if isinstance(event, Interruption):
         return f"{event.t:8.2f}s  (barge-in)"
+    if isinstance(event, ToolCallEnded):
+        return f"{event.t:8.2f}s  (tool {event.name}: {event.status}) {event.output}"
     if isinstance(event, ErrorEvent):
         return f"{event.t:8.2f}s  error in {event.component}: {event.message}"
     return None
@@ -115,6 +127,7 @@ async def converse(
     metrics_path: str | None = None,
     as_json: bool = False,
     quiet: bool = False,
+    tools: Toolbox | None = None,
 ) -> ChatResult:
     """One conversation, on the file as a live microphone (``input_path``) or on the sound devices."""
     import soundfile as sf
@@ -122,7 +135,8 @@ async def converse(
     from audio_io.resample import read_audio
     from audio_io.virtual import VirtualClock, VirtualMicrophone, VirtualSpeaker, stereo_recording
 
-    history = History(settings.agent.system_prompt, settings.agent.max_history_tokens, token_counter(tokenizer))
+    prompt = tools.system_prompt(settings.agent.system_prompt) if tools else settings.agent.system_prompt
+    history = History(prompt, settings.agent.max_history_tokens, token_counter(tokenizer))
     if input_path is not None:
         audio = read_audio(input_path)
         clock = VirtualClock(realtime=True)
@@ -135,7 +149,7 @@ async def converse(
         source = MicrophoneSource(settings.audio.input_device)
         sink = SpeakerSink(settings.audio.output_device)
         clock = SourceClock(source)
-    agent = Agent(listener, voice, sink, clock, history, agent_config(settings))
+    agent = Agent(listener, voice, sink, clock, history, agent_config(settings), tools=tools)
     metrics = MetricsLog(metrics_path)
     followers = [asyncio.create_task(metrics.follow(agent.bus))]
     if not quiet:
@@ -163,12 +177,15 @@ def run_chat(
     metrics_path: str | None,
     reply: str | None,
     as_json: bool = False,
+    tools_path: str | None = None,
 ) -> int:
     """``ttt chat``."""
+    from agent.tools import load_tools
     from audio_io.resample import read_audio
 
     if input_path is not None:
-        read_audio(input_path)  # a bad file is reported before the models load
+        read_audio(input_path)  # a bad file or tools file is reported before the models load
+    tools = load_tools(tools_path) if tools_path else None
     print("loading the VAD, whisper, the end-of-turn model and the voice...", file=sys.stderr)
     listener = Listener.from_settings(settings)
     voice, name, tokenizer = build_voice(settings, reply)
@@ -177,7 +194,7 @@ def run_chat(
         print("listening... (Ctrl-C to stop)", file=sys.stderr)
     try:
         result = asyncio.run(
-            converse(listener, voice, settings, tokenizer, input_path, record_path, metrics_path, as_json)
+            converse(listener, voice, settings, tokenizer, input_path, record_path, metrics_path, as_json, tools=tools)
         )
     finally:
         listener.close()

@@ -58,7 +58,7 @@ def _cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.record is not None and args.input is None:
         raise UserError("--record needs --input: only a conversation with a file as the microphone is recorded")
-    return run_chat(settings, args.input, args.record, args.metrics, args.reply, as_json=args.json)
+    return run_chat(settings, args.input, args.record, args.metrics, args.reply, args.json, args.tools)
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -180,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "talker", "piper"],
         help="who answers (default: agent.reply, auto)",
     )
+    p.add_argument("--tools", metavar="FILE", help="a Python file whose @tool functions the model may call")
     p.add_argument("--json", action="store_true", help="print every event as one JSON object a line")
 
     command("demo", _cmd_demo, "the main job on the embedded defaults: a spoken conversation with the agent")
@@ -259,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # transformers warns about its own deprecated attribute whenever peft wraps a model: not ours to fix.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    from agent.tools import ToolError
     from audio_io.frames import AudioError
     from model.assets import AssetError
 
@@ -266,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = _settings(args)
         set_torch_threads(settings)
         return int(args.handler(args, settings) or 0)
-    except (UserError, SettingsError, AssetError, AudioError) as exc:
+    except (UserError, SettingsError, AssetError, AudioError, ToolError) as exc:
         print(f"ttt {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

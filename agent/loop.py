@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -47,10 +48,13 @@ from agent.events import (
     SessionClock,
     SpeechEnded,
     SpeechStarted,
+    ToolCallEnded,
+    ToolCallStarted,
     TurnMetrics,
     Unmute,
 )
 from agent.playback import Playout
+from agent.tools import CALL_CLOSE, CALL_OPEN, Toolbox, ToolCall, ToolResult, may_open_call, parse_tool_call
 from audio_io.sinks import AudioSink
 from audio_io.sources import AudioSource
 from model.talker import AudioChunk, TextDelta
@@ -58,6 +62,7 @@ from model.talker import AudioChunk, TextDelta
 log = logging.getLogger("ttt.agent")
 
 VoiceOutput = TextDelta | AudioChunk
+TOOL_APOLOGY = "Sorry, I could not do that."  # spoken when a tool fails, hangs or is called wrongly
 
 
 class Voice(Protocol):
@@ -87,6 +92,7 @@ class AgentConfig:
     min_interruption_s: float = 0.3  # user speech over the agent shorter than this is not a barge-in
     vad_hangover_s: float = 0.16  # the VAD's min silence: how late it reports a speech end
     poll_s: float = 0.02  # how often a paused reply checks whether to resume
+    max_tool_rounds: int = 3  # tool calls one reply may chain before the agent gives up (and apologises)
 
 
 @dataclass
@@ -98,7 +104,8 @@ class Reply:
     playout: Playout
     cancel: threading.Event = field(default_factory=threading.Event)  # stops the voice's worker thread
     task: asyncio.Task | None = None
-    text: str = ""  # generated so far
+    text: str = ""  # generated so far (tool calls aside)
+    unvoiced: str = ""  # text since the last audio: the next audio voices it
     generated: bool = False  # the voice has finished writing it
     interrupted: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -119,6 +126,7 @@ class Agent:
         history: History,
         config: AgentConfig | None = None,
         bus: EventBus | None = None,
+        tools: Toolbox | None = None,
     ):
         self.hearing = hearing
         self.voice = voice
@@ -127,6 +135,7 @@ class Agent:
         self.history = history
         self.config = config or AgentConfig()
         self.bus = bus or EventBus()
+        self.tools = tools or Toolbox([])
         self.state: AgentState = "initializing"
         self.reply: Reply | None = None
         self.muted = False
@@ -239,30 +248,23 @@ class Agent:
         self.reply = reply
         self.emit(ReplyStarted(self.now(), reply.id, reply.source))
         self._set_state("thinking")
-        if say is None:
-            stream = self.voice.reply(self.history.chat(), reply.cancel)
-        else:
-            stream = self.voice.say(say, reply.cancel)
-        reply.task = asyncio.create_task(self._generate(reply, stream))
+        reply.task = asyncio.create_task(self._generate(reply, say))
 
-    async def _generate(self, reply: Reply, stream: AsyncIterator[VoiceOutput]) -> None:
-        """Write the reply's audio to the sink as it comes, then wait for it to play out."""
-        unvoiced = ""  # text since the last audio: the next audio voices it
+    async def _generate(self, reply: Reply, say: str | None) -> None:
+        """Write the reply (with any tool calls it makes) to the sink as it comes, then wait for it to play out."""
         try:
-            async for out in stream:
-                if isinstance(out, TextDelta):
-                    if reply.first_text is None:
-                        reply.first_text = self.now()
-                    reply.text += out.text
-                    unvoiced += out.text
-                    self.emit(ReplyTextDelta(self.now(), reply.id, out.text))
-                elif len(out.samples):
-                    if reply.first_audio is None:
-                        reply.first_audio = self.now()
-                    await reply.playout.write(out.samples, out.sample_rate, unvoiced)
-                    unvoiced = ""
-                    self._announce(reply)
-            await reply.playout.write(np.zeros(0, np.float32), reply.playout.rate, unvoiced)
+            if say is not None:
+                await self._speak(reply, lambda cancel: self.voice.say(say, cancel))
+            else:
+                for round_ in itertools.count():
+                    call = await self._speak(reply, lambda cancel: self.voice.reply(self.history.chat(), cancel))
+                    if call is None:
+                        break
+                    result = await self._run_tool(reply, call)
+                    if result.status != "ok" or round_ + 1 >= self.config.max_tool_rounds:
+                        await self._speak(reply, lambda cancel: self.voice.say(TOOL_APOLOGY, cancel))
+                        break
+            await reply.playout.write(np.zeros(0, np.float32), reply.playout.rate, reply.unvoiced)
         except Exception as exc:  # a failing voice must not end the conversation
             log.exception("reply %s failed", reply.id)
             self.emit(ErrorEvent(self.now(), "voice", f"{type(exc).__name__}: {exc}"))
@@ -275,6 +277,68 @@ class Agent:
                 break
             await self.clock.wait_until(self.now() + self.config.poll_s)
         self._finish(reply, reply.playout.duration_s, False, reply.playout.text)
+
+    async def _speak(self, reply: Reply, start: Any) -> ToolCall | None:
+        """Play one stream of the voice; returns the tool call it turned out to be, if it was one.
+
+        With tools, a reply that opens like ``<tool_call>`` is held back (neither shown nor played)
+        until it is clearly a call, which then ends the stream, or clearly not one.
+        """
+        reply.cancel = threading.Event()  # a fresh one per stream: closing the last one set its own
+        held: list[VoiceOutput] = []  # outputs of a reply that may still be a tool call
+        text = ""
+        deciding = bool(self.tools)
+        async with contextlib.aclosing(start(reply.cancel)) as stream:
+            async for out in stream:
+                if isinstance(out, TextDelta):
+                    if reply.first_text is None:
+                        reply.first_text = self.now()
+                    text += out.text
+                if deciding:
+                    held.append(out)
+                    if may_open_call(text):
+                        if CALL_CLOSE in text:
+                            return parse_tool_call(text, f"{reply.id}-{next(self._ids)}")
+                        continue
+                    deciding = False
+                    for item in held:
+                        await self._play(reply, item)
+                    held = []
+                    continue
+                await self._play(reply, out)
+        if deciding and text.lstrip().startswith(CALL_OPEN):  # the stream ended inside an unclosed call
+            return parse_tool_call(text, f"{reply.id}-{next(self._ids)}")
+        for item in held:
+            await self._play(reply, item)
+        return None
+
+    async def _play(self, reply: Reply, out: VoiceOutput) -> None:
+        if isinstance(out, TextDelta):
+            reply.text += out.text
+            reply.unvoiced += out.text
+            self.emit(ReplyTextDelta(self.now(), reply.id, out.text))
+        elif len(out.samples):
+            if reply.first_audio is None:
+                reply.first_audio = self.now()
+            await reply.playout.write(out.samples, out.sample_rate, reply.unvoiced)
+            reply.unvoiced = ""
+            self._announce(reply)
+
+    async def _run_tool(self, reply: Reply, call: ToolCall) -> ToolResult:
+        """Run the call (cancelled with the reply); the call and its result join the history."""
+        self.emit(ToolCallStarted(self.now(), call.call_id, call.name, call.arguments))
+        try:
+            result = await self.tools.call(call, self.clock)
+        except asyncio.CancelledError:
+            self.emit(ToolCallEnded(self.now(), call.call_id, call.name, "cancelled", ""))
+            raise
+        self.emit(ToolCallEnded(self.now(), call.call_id, call.name, result.status, result.output))
+        if result.status != "ok":
+            self.emit(ErrorEvent(self.now(), "tools", result.output))
+        arguments = call.arguments if call.name else json.dumps(call.arguments)
+        self.history.add("assistant", f'{CALL_OPEN}{{"name": "{call.name}", "arguments": {arguments}}}{CALL_CLOSE}')
+        self.history.add("tool", result.output)
+        return result
 
     def _announce(self, reply: Reply) -> None:
         """The first sample is playing: say so, once, with the turn's latencies."""
