@@ -10,6 +10,7 @@ decoder for utterances that do not fit in one window.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import threading
 import zlib
@@ -322,6 +323,7 @@ class FinalTranscript:
     score: Any  # what the ``then`` callable of :meth:`StreamingTranscriber.speculate` returned, else None
     speculative: bool  # True when a speculative decode (started in the silence) was reused
     confident: str = ""  # ``text`` less trailing words whisper was unsure of (what end of turn reads)
+    likelihood: float = 1.0  # exp(mean token log-probability) of the decode: whisper's confidence in ``text``
 
 
 class StreamingTranscriber:
@@ -432,13 +434,15 @@ class StreamingTranscriber:
             covered, future = self._candidate
             if covered >= min(self._n, int(covered_until * SAMPLE_RATE)):
                 decoding, score = await asyncio.wrap_future(future)
-                return FinalTranscript(decoding.text, score, speculative=True, confident=decoding.confident)
+                return FinalTranscript(
+                    decoding.text, score, True, decoding.confident, math.exp(min(0.0, decoding.avg_logprob))
+                )
         if self._running is not None:
             await asyncio.wrap_future(self._running)
             self._collect()
         loop = asyncio.get_running_loop()
         decoding = await loop.run_in_executor(self._executor, self.asr.decode, self.audio.copy())
-        return FinalTranscript(decoding.text, None, speculative=False, confident=decoding.confident)
+        return FinalTranscript(decoding.text, None, False, decoding.confident, math.exp(min(0.0, decoding.avg_logprob)))
 
     def close(self) -> None:
         """Stop the worker thread (after the decode it is running)."""

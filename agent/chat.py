@@ -30,6 +30,7 @@ from agent.events import (
 from agent.listen import Listener
 from agent.loop import Agent, AgentConfig, Voice
 from agent.metrics import MetricsLog, format_summary
+from agent.mqtt import MqttBridge, MqttConfig
 from agent.settings import Settings, SettingsError
 from agent.tools import Toolbox
 
@@ -126,8 +127,9 @@ async def converse(
     record_path: str | None = None,
     metrics_path: str | None = None,
     as_json: bool = False,
-    quiet: bool = False,
     tools: Toolbox | None = None,
+    mqtt: MqttConfig | None = None,
+    quiet: bool = False,
 ) -> ChatResult:
     """One conversation, on the file as a live microphone (``input_path``) or on the sound devices."""
     import soundfile as sf
@@ -152,6 +154,8 @@ async def converse(
     agent = Agent(listener, voice, sink, clock, history, agent_config(settings), tools=tools)
     metrics = MetricsLog(metrics_path)
     followers = [asyncio.create_task(metrics.follow(agent.bus))]
+    if mqtt is not None:
+        followers.append(asyncio.create_task(MqttBridge(mqtt, agent.bus, agent.send, clock.now).run()))
     if not quiet:
         followers.append(asyncio.create_task(_print(agent.bus.subscribe(), as_json)))
     started = time.perf_counter()
@@ -178,6 +182,7 @@ def run_chat(
     reply: str | None,
     as_json: bool = False,
     tools_path: str | None = None,
+    mqtt: MqttConfig | None = None,
 ) -> int:
     """``ttt chat``."""
     from agent.tools import load_tools
@@ -194,7 +199,18 @@ def run_chat(
         print("listening... (Ctrl-C to stop)", file=sys.stderr)
     try:
         result = asyncio.run(
-            converse(listener, voice, settings, tokenizer, input_path, record_path, metrics_path, as_json, tools=tools)
+            converse(
+                listener,
+                voice,
+                settings,
+                tokenizer,
+                input_path,
+                record_path,
+                metrics_path,
+                as_json,
+                tools=tools,
+                mqtt=mqtt,
+            )
         )
     finally:
         listener.close()

@@ -58,7 +58,22 @@ def _cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.record is not None and args.input is None:
         raise UserError("--record needs --input: only a conversation with a file as the microphone is recorded")
-    return run_chat(settings, args.input, args.record, args.metrics, args.reply, args.json, args.tools)
+    mqtt = None
+    if args.mqtt:
+        from agent.mqtt import MqttConfig
+
+        try:
+            mqtt = MqttConfig.parse(
+                args.mqtt,
+                site_id=args.site_id,
+                username=args.mqtt_username,
+                password=args.mqtt_password,
+                tls=args.mqtt_tls,
+                ca_file=args.mqtt_ca,
+            )
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    return run_chat(settings, args.input, args.record, args.metrics, args.reply, args.json, args.tools, mqtt)
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -181,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="who answers (default: agent.reply, auto)",
     )
     p.add_argument("--tools", metavar="FILE", help="a Python file whose @tool functions the model may call")
+    p.add_argument("--mqtt", metavar="HOST[:PORT]", help="bridge events and commands to this MQTT broker (Hermes)")
+    p.add_argument("--site-id", default="default", help="Hermes siteId of this agent (default: default)")
+    p.add_argument("--mqtt-username", metavar="USER", help="MQTT user name")
+    p.add_argument("--mqtt-password", metavar="PASSWORD", help="MQTT password")
+    p.add_argument("--mqtt-tls", action="store_true", help="connect to the broker with TLS (default port 8883)")
+    p.add_argument("--mqtt-ca", metavar="FILE", help="CA certificates for --mqtt-tls (default: the system's)")
     p.add_argument("--json", action="store_true", help="print every event as one JSON object a line")
 
     command("demo", _cmd_demo, "the main job on the embedded defaults: a spoken conversation with the agent")

@@ -91,6 +91,7 @@ class EndOfTurn(HearingEvent):
     text: str  # final transcript of the whole turn (pauses included)
     probability: float  # P(end of turn | transcript) from the LLM
     silence: float  # seconds of silence after the last speech when the turn was declared over
+    likelihood: float  # the recognizer's confidence in ``text`` (whisper: exp of its mean token log-probability)
 
 
 # --- the agent -----------------------------------------------------------------------------------

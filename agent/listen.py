@@ -46,6 +46,7 @@ class _Pending:
     probability: float  # P(end of turn | text)
     deadline: float  # end + required silence
     ready: float  # when the final transcript and probability were known (source clock)
+    likelihood: float  # the recognizer's confidence in ``text``
 
 
 class ComputeClock:
@@ -248,7 +249,8 @@ class TurnTracker:
             1000 * turns.required_silence(probability),
             text,
         )
-        self.pending = _Pending(end, text, probability, end + turns.required_silence(probability), ready)
+        deadline = end + turns.required_silence(probability)
+        self.pending = _Pending(end, text, probability, deadline, ready, final.likelihood)
 
     def _maybe_end_turn(self, now: float) -> EndOfTurn | None:
         """End the pending turn once its required silence has passed (unless speech seems to resume)."""
@@ -262,7 +264,7 @@ class TurnTracker:
         self._end_turn()
         if not pending.text:
             return None  # the VAD heard something whisper did not: a noise, not a turn
-        return EndOfTurn(t, pending.text, pending.probability, t - pending.end)
+        return EndOfTurn(t, pending.text, pending.probability, t - pending.end, pending.likelihood)
 
     def _end_turn(self) -> None:
         self.in_turn = False
@@ -284,7 +286,7 @@ class TurnTracker:
             t = self.clock.stamp(max(pending.ready, self.last_end))
             self._end_turn()
             if pending.text:
-                yield EndOfTurn(t, pending.text, pending.probability, t - pending.end)
+                yield EndOfTurn(t, pending.text, pending.probability, t - pending.end, pending.likelihood)
 
     def close(self) -> None:
         """Stop the transcriber's worker."""
