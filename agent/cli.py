@@ -118,6 +118,16 @@ def _cmd_say(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    if args.turns:
+        from agent.bench_chat import bench_turns
+
+        if args.what is not None:
+            raise UserError(f"--turns runs the conversation benchmark; drop {args.what!r} or drop --turns")
+        replies = ["talker", "piper"] if args.reply == "both" else [args.reply]
+        bench_turns(settings, args.turns, replies, gap_s=args.gap_s, png=args.png)
+        return 0
+    if args.what is None:
+        raise UserError("say what to measure: listen, turn or say, or --turns N for whole conversations")
     if args.what == "say":  # the talker's benchmark lives model-side
         import json
 
@@ -215,8 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON line with the timings")
 
     p = command("bench", _cmd_bench, "benchmarks: speed and latency, reported as medians")
-    p.add_argument("what", choices=["listen", "turn", "say"], help="what to measure")
+    p.add_argument("what", nargs="?", choices=["listen", "turn", "say"], help="what to measure")
     p.add_argument("--repeats", type=int, default=3, help="repetitions (medians are reported)")
+    p.add_argument("--turns", type=int, default=0, help="spoken turns through the whole loop in real time, per voice")
+    p.add_argument(
+        "--reply", choices=["talker", "piper", "both"], default="both", help="with --turns: which voice (default both)"
+    )
+    p.add_argument("--gap-s", type=float, default=9.0, help="with --turns: silence after each question")
+    p.add_argument("--png", metavar="FILE", help="with --turns: plot voice-to-voice latency per turn")
 
     # nested commands ("ttt data synth", "ttt train codec"...): one group parser per first word
     groups: dict[str, argparse._SubParsersAction] = {}

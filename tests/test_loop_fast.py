@@ -213,3 +213,36 @@ def test_history_is_trimmed_oldest_first_keeping_the_system_prompt():
     assert chat[0] == {"role": "system", "content": "system prompt"}
     assert chat[1]["role"] == "user" and chat[-1]["content"] in ("answer number 99",)
     assert history.dropped > 150 and len(history.messages) < 12
+
+
+def echo_conversation(guard, barge_at=None):
+    from agent.echo import EchoCancelledSource, EchoCanceller
+
+    clock = VirtualClock()
+    pieces = [(0.5, SCRIPT.speech(0))] + ([(barge_at, SCRIPT.speech(1))] if barge_at else [])
+    mic = VirtualMicrophone(clock, pieces, tail_s=8.0)
+    speaker = VirtualSpeaker(clock)
+    mic.hear_speaker(speaker, delay_s=0.06, gain=0.5)  # the agent's voice reaches the microphone
+    source = EchoCancelledSource(mic, EchoCanceller(speaker.render)) if guard else mic
+    voice = FakeVoice(clock, lambda m: LONG_REPLY if len(m) == 2 else "ok")
+    agent = Agent(tone_listener(SCRIPT), voice, speaker, clock, History("s"))
+    asyncio.run(agent.run(source))
+    return agent
+
+
+def test_the_agents_own_echo_does_not_barge_in():
+    unguarded = echo_conversation(guard=False)
+    assert of(unguarded, Interruption)  # without the canceller the agent interrupts itself
+    agent = echo_conversation(guard=True)
+    assert not of(agent, Interruption)
+    (finished,) = of(agent, PlaybackFinished)
+    assert not finished.interrupted and finished.heard_text == LONG_REPLY
+    assert [e.text for e in of(agent, EndOfTurn)] == [SCRIPT.texts[0]]  # nor is it heard as a user turn
+
+
+def test_the_user_still_barges_in_over_the_echo():
+    barge_at = speech_end(0.5, 0) + 2.0
+    agent = echo_conversation(guard=True, barge_at=barge_at)
+    (interruption,) = of(agent, Interruption)
+    assert barge_at <= interruption.speech_start <= barge_at + 0.064
+    assert [e.text for e in of(agent, EndOfTurn)] == [SCRIPT.texts[0], SCRIPT.texts[1]]
