@@ -100,7 +100,7 @@ def load_for_say(settings: Any) -> tuple[Talker, Any, list[str]]:
     from model.talker import load_talker
 
     notes = []
-    path = os.environ.get("TTT_CODEC") or None
+    path = settings.assets.codec
     if path is None and not CHECKPOINT.is_file():
         notes.append(f"no trained codec at {CHECKPOINT}: using an UNTRAINED codec (the audio is noise)")
     codec = load_codec(path, allow_untrained=True)

@@ -383,7 +383,6 @@ def load_talker(
     """
     from model.backbone import load_backbone
 
-    set_threads(getattr(settings.talker, "threads", 0))
     backbone = backbone or load_backbone(settings.assets.llm, settings.assets.cache_dir, settings.device)
     path = checkpoint or settings.talker.checkpoint
     shipped = Path(__file__).parent / "checkpoints" / "talker.safetensors"
@@ -426,13 +425,3 @@ def saved_config(path: str | os.PathLike) -> TalkerConfig | None:
     except Exception:  # a missing or damaged file is reported by load_trainable, with advice
         return None
 
-
-def set_threads(threads: int = 0) -> int:
-    """Set torch's CPU threads: ``threads``, or half the cores (at least 1) when 0; returns the count.
-
-    Two intra-op threads on two busy cores stall each other at every barrier (a pass went from
-    0.1 s to several seconds under load), so the talker leaves the other half to the rest of the agent.
-    """
-    count = threads if threads > 0 else max(1, (os.cpu_count() or 2) // 2)
-    torch.set_num_threads(count)
-    return count

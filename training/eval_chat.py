@@ -35,7 +35,7 @@ def read_questions(path: str | Path | None = None) -> list[tuple[str, list[str]]
 
 def is_right(answer: str, keywords: list[str]) -> bool:
     """Whether ``answer`` holds one of ``keywords`` as whole words (both sides normalised)."""
-    from agent.bench import normalise_text
+    from training.wer import normalise_text
 
     words = f" {normalise_text(answer)} "
     return any(f" {normalise_text(k)} " in words for k in keywords)
@@ -69,9 +69,7 @@ def run_eval_chat(args: argparse.Namespace, settings) -> int:
     """``ttt eval chat``: accuracy of the backbone and of each talker checkpoint, one JSON line each."""
     from model.backbone import load_backbone
     from model.codec import load_codec
-    from model.talker import load_talker, set_threads
-
-    set_threads(settings.talker.threads)
+    from model.talker import load_talker
     questions = read_questions(args.questions)
     backbone = load_backbone(settings.assets.llm, settings.assets.cache_dir, settings.device)
     answers = {"backbone": [backbone_answer(backbone, q) for q, _ in questions]}

@@ -28,11 +28,11 @@ LONG_WORDS = 20  # a sentence this long or longer counts as long
 
 def evaluate_tts(talker, codec, dev, transcriber, options, per_sentence: list[dict] | None = None) -> dict:
     """Metrics of one talker on a voiced :class:`training.evaluate.DevSet` (see the module docstring)."""
-    from agent.bench import wer_gap, word_error_rate
     from model.chunks import chunk_tokens
     from model.generate import AudioChunk
     from model.say import say
     from training.align import encode_and_align
+    from training.wer import wer_gap, word_error_rate
 
     said, single, resynth, firsts, rtfs = [], [], [], [], []
     for text, audio in zip(dev.sentences, dev.audio, strict=True):

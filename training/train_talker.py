@@ -395,9 +395,7 @@ def _is_trainable_key(model: Talker, key: str) -> bool:
 
 def run_train_talker(args: argparse.Namespace, settings) -> int:
     """``ttt train talker``."""
-    from model.talker import set_threads
-
-    set_threads(args.threads)
+    torch.set_num_threads(max(1, args.threads))  # the command's own flag wins over settings.torch_threads
     logging.basicConfig(level=logging.INFO)
     cfg = TrainConfig()
     for name in ("positions_per_step", "row_length", "lr", "speech_lr", "val_every", "save_every_s"):
