@@ -344,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sentences", metavar="FILE", help="sentences (default: ../shared/eval/dev_sentences.txt)")
     p.add_argument("--limit", type=int, default=0, help="use only the first N sentences (0 = all)")
     p.add_argument("--transcripts", metavar="FILE", help="append per-sentence transcripts to FILE (JSON lines)")
+    p.add_argument("--png", metavar="FILE", help="spectrograms of the first sentence: teacher above talker")
 
     p = subcommand("eval", "chat", _cmd_eval_chat, "chat accuracy of the talker beside its untouched backbone")
     p.add_argument("--checkpoint", metavar="PATH", nargs="+", help="talker safetensors (default: the shipped one)")

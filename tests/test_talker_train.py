@@ -49,7 +49,7 @@ def test_train_resume_export_and_speak(aligned, tmp_path):
 
     folder, _ = aligned
     run = tmp_path / "run"
-    cfg = TrainConfig(positions_per_step=150, row_length=256, val_every=2, warmup=2)
+    cfg = TrainConfig(positions_per_step=150, row_length=256, val_every=2, warmup=2, log_every=1)
     first = train(str(folder), str(run), minutes=5, steps=2, cfg=cfg)
     assert first["step"] == 2 and {"audio_t1", "audio_t1_shuffled", "text_gap"} <= set(first)
     for name in ("last.pt", "last.safetensors", "log.jsonl"):
@@ -64,6 +64,19 @@ def test_train_resume_export_and_speak(aligned, tmp_path):
     assert trained
     result = say(talker, codec, "Good morning.")
     assert result.audio_s > 0 and torch.isfinite(torch.as_tensor(result.samples)).all()
+
+    from model.generate import GenerationOptions
+    from training.eval_tts import evaluate_tts
+    from training.evaluate import DevSet, Transcriber
+
+    transcriber = Transcriber.load(threads=1)
+    dev = DevSet.voice(["Good morning to you.", "Yes, please."], transcriber)
+    rows: list[dict] = []
+    png = tmp_path / "spec.png"
+    metrics = evaluate_tts(talker, codec, dev, transcriber, GenerationOptions(), rows, png=str(png))
+    assert metrics["sentences"] == 2 and metrics["wer_teacher"] <= 20 and metrics["wer_codec"] <= 50
+    assert {"wer_say", "wer_gap", "wer_single_span", "first_audio_s_median", "rtf_median"} <= set(metrics)
+    assert len(rows) == 2 and png.is_file()
 
 
 def test_data_align_refuses_a_missing_corpus(tmp_path):

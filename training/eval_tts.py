@@ -26,17 +26,25 @@ import torch
 LONG_WORDS = 20  # a sentence this long or longer counts as long
 
 
-def evaluate_tts(talker, codec, dev, transcriber, options, per_sentence: list[dict] | None = None) -> dict:
-    """Metrics of one talker on a voiced :class:`training.evaluate.DevSet` (see the module docstring)."""
+def evaluate_tts(
+    talker, codec, dev, transcriber, options, per_sentence: list[dict] | None = None, png: str | None = None
+) -> dict:
+    """Metrics of one talker on a voiced :class:`training.evaluate.DevSet` (see the module docstring).
+
+    ``png``: log-mel spectrograms of the first sentence, the teacher's (top) above the talker's.
+    """
     from model.chunks import chunk_tokens
     from model.generate import AudioChunk
     from model.say import say
     from training.align import encode_and_align
+    from training.evaluate import spectrogram_png
     from training.wer import wer_gap, word_error_rate
 
     said, single, resynth, firsts, rtfs = [], [], [], [], []
     for text, audio in zip(dev.sentences, dev.audio, strict=True):
         result = say(talker, codec, text, options)
+        if png and not said and len(result.samples):
+            spectrogram_png(audio, result.samples, png)
         said.append(transcriber(result.samples) if len(result.samples) else "")
         firsts.append(result.first_audio_s)
         rtfs.append(result.rtf)
@@ -98,7 +106,8 @@ def run_eval_tts(args: argparse.Namespace, settings) -> int:
         talker, trained = load_talker(settings, codec, checkpoint=path)
         per: list[dict] = []
         result = {"checkpoint": str(path or "shipped"), "trained": trained}
-        result |= evaluate_tts(talker, codec, dev, transcriber, options, per)
+        png = args.png if len(checkpoints) == 1 else None
+        result |= evaluate_tts(talker, codec, dev, transcriber, options, per, png=png)
         print(json.dumps(result), flush=True)
         rows.append(result)
         if args.transcripts:

@@ -45,6 +45,7 @@ class TrainConfig:
     ema_decay: float = 0.999  # EMA of the trainable weights (what validation and export use)
     val_items: int = 64  # clips held out for validation
     val_every: int = 50  # steps between validations
+    log_every: int = 10  # steps between training-loss lines in log.jsonl
     save_every_s: float = 180.0  # seconds between resumable checkpoints
     seed: int = 0  # data order and noise
 
@@ -360,7 +361,7 @@ def train(
         step += 1
         seen += packed.real
         bar.update(1)
-        if step % 10 == 0:
+        if step % cfg.log_every == 0:
             rate = seen / max(1e-6, time.monotonic() - seen_since)
             seen, seen_since = 0, time.monotonic()
             record = {"step": step, "epoch": round(batches.epoch, 3), "positions_per_s": round(rate, 1)}
