@@ -10,13 +10,14 @@ decoder for utterances that do not fit in one window.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import threading
 import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -116,6 +117,18 @@ def drop_repeated_tail(text: str) -> str:
         else:
             break
     return " ".join(sentences)
+
+
+class Recognizer(Protocol):
+    """Blocking transcription of a whole utterance: :class:`WhisperAsr`, or a scripted fake in tests."""
+
+    def transcribe(self, samples: np.ndarray) -> str:
+        """The text spoken in ``samples`` (16 kHz mono float32); "" for silence."""
+        ...
+
+    def decode(self, samples: np.ndarray) -> Decoding:
+        """Like :meth:`transcribe`, with the scores that tell speech from hallucination."""
+        ...
 
 
 class WhisperAsr:
@@ -310,6 +323,7 @@ class FinalTranscript:
     score: Any  # what the ``then`` callable of :meth:`StreamingTranscriber.speculate` returned, else None
     speculative: bool  # True when a speculative decode (started in the silence) was reused
     confident: str = ""  # ``text`` less trailing words whisper was unsure of (what end of turn reads)
+    likelihood: float = 1.0  # exp(mean token log-probability) of the decode: whisper's confidence in ``text``
 
 
 class StreamingTranscriber:
@@ -322,7 +336,7 @@ class StreamingTranscriber:
     :meth:`final` reuses it, so the final transcript is ready almost when the silence is confirmed.
     """
 
-    def __init__(self, asr: WhisperAsr, partial_interval_ms: int = 300, min_partial_ms: int = 500):
+    def __init__(self, asr: Recognizer, partial_interval_ms: int = 300, min_partial_ms: int = 500):
         if partial_interval_ms <= 0:
             raise ValueError(f"asr.partial_interval_ms must be > 0, got {partial_interval_ms}")
         self.asr = asr
@@ -420,13 +434,15 @@ class StreamingTranscriber:
             covered, future = self._candidate
             if covered >= min(self._n, int(covered_until * SAMPLE_RATE)):
                 decoding, score = await asyncio.wrap_future(future)
-                return FinalTranscript(decoding.text, score, speculative=True, confident=decoding.confident)
+                return FinalTranscript(
+                    decoding.text, score, True, decoding.confident, math.exp(min(0.0, decoding.avg_logprob))
+                )
         if self._running is not None:
             await asyncio.wrap_future(self._running)
             self._collect()
         loop = asyncio.get_running_loop()
         decoding = await loop.run_in_executor(self._executor, self.asr.decode, self.audio.copy())
-        return FinalTranscript(decoding.text, None, speculative=False, confident=decoding.confident)
+        return FinalTranscript(decoding.text, None, False, decoding.confident, math.exp(min(0.0, decoding.avg_logprob)))
 
     def close(self) -> None:
         """Stop the worker thread (after the decode it is running)."""

@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import statistics
 import tempfile
 import time
@@ -24,7 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from agent.events import EndOfTurn, HearingEvent
+from agent.listen import Listener
 from agent.settings import Settings
+from training.wer import normalise_text, wer_gap, word_error_rate
 
 # Everyday requests and remarks, none taken from the shared eval set (they stay unseen there).
 BENCH_SENTENCES = [
@@ -62,86 +63,6 @@ UNFINISHED_PHRASES = [
     "Remind me to call my",
 ]
 
-_ONES = (
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen"
-).split()
-_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
-
-
-def number_words(n: int) -> str:
-    """English words for 0 <= n < 1,000,000 ("forty two")."""
-    if n < 20:
-        return _ONES[n]
-    if n < 100:
-        return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
-    if n < 1000:
-        rest = n % 100
-        return _ONES[n // 100] + " hundred" + ("" if rest == 0 else " " + number_words(rest))
-    rest = n % 1000
-    return number_words(n // 1000) + " thousand" + ("" if rest == 0 else " " + number_words(rest))
-
-
-# whisper writes "you're" for "you are" and back: both sides are expanded before words are compared
-_CONTRACTIONS = {
-    "n't": " not", "'re": " are", "'m": " am", "'ll": " will", "'ve": " have", "'d": " would",
-    "let's": "let us", "it's": "it is", "that's": "that is", "what's": "what is", "there's": "there is",
-    "here's": "here is", "he's": "he is", "she's": "she is", "who's": "who is", "where's": "where is",
-}  # fmt: skip
-
-
-def normalise_text(text: str) -> str:
-    """Lowercase words without punctuation, digits spelled out (whisper writes "7" for "seven")."""
-    text = text.lower().replace("%", " percent").replace("\u2019", "'")
-    text = re.sub(r"\b(can't|won't)", lambda m: {"can't": "can not", "won't": "will not"}[m.group(1)], text)
-    text = re.sub(r"\b\w+'s\b", lambda m: _CONTRACTIONS.get(m.group(), m.group()), text)
-    text = re.sub(r"(n't|'re|'m|'ll|'ve|'d)\b", lambda m: _CONTRACTIONS[m.group()], text)
-    text = re.sub(r"(\d+):(\d\d)", lambda m: f"{m.group(1)} {int(m.group(2)) or ''}", text)
-    text = re.sub(r"\d+", lambda m: f" {number_words(int(m.group()))} " if len(m.group()) < 7 else m.group(), text)
-    text = re.sub(r"[^a-z0-9' ]+", " ", text).replace("'", "")
-    return " ".join(text.split())
-
-
-def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
-    """Corpus WER after :func:`normalise_text` (jiwer); all of each side joined when counts differ."""
-    import jiwer
-
-    refs = [normalise_text(r) for r in references]
-    hyps = [normalise_text(h) for h in hypotheses]
-    if len(refs) != len(hyps):
-        refs, hyps = [" ".join(refs)], [" ".join(hyps)]
-    return float(jiwer.wer(refs, hyps))
-
-
-def wer_gap(references: list[str], baseline: list[str], candidate: list[str]) -> tuple[float, float]:
-    """WER of ``candidate`` minus WER of ``baseline`` on the same references, and its standard error.
-
-    The two transcripts of a sentence are paired, and sentences are the sampling unit: the error
-    is the ratio estimator's, sqrt(n / (n - 1) * sum((d_i - gap * N_i)^2)) / sum(N_i), with d_i the
-    extra word errors of sentence i and N_i its reference words. It says how far the gap could move
-    on another draw of sentences like these, which a single corpus WER does not.
-    """
-    import jiwer
-
-    if not (len(references) == len(baseline) == len(candidate)) or not references:
-        raise ValueError("wer_gap needs one baseline and one candidate transcript per reference, and at least one")
-    refs = [normalise_text(r) for r in references]
-    if not all(refs):
-        raise ValueError("wer_gap: a reference is empty after normalisation")
-
-    def errors(hyps: list[str]) -> np.ndarray:
-        per = [jiwer.process_words(r, normalise_text(h)) for r, h in zip(refs, hyps, strict=True)]
-        return np.array([o.substitutions + o.deletions + o.insertions for o in per], dtype=float)
-
-    words = np.array([len(r.split()) for r in refs], dtype=float)
-    extra = errors(candidate) - errors(baseline)
-    gap = extra.sum() / words.sum()
-    n = len(refs)
-    if n < 2:
-        return float(gap), float("nan")
-    se = np.sqrt(n / (n - 1) * np.sum((extra - gap * words) ** 2)) / words.sum()
-    return float(gap), float(se)
-
 
 @dataclass
 class ListenResult:
@@ -158,7 +79,7 @@ class ListenResult:
         return self.wall_s / self.audio_s
 
 
-async def _listen_file(listener, path: str | Path) -> ListenResult:  # noqa: ANN001 - agent.listen.Listener
+async def _listen_file(listener: Listener, path: str | Path) -> ListenResult:
     from audio_io.sources import FileSource
 
     source = FileSource(path, realtime=False)
@@ -171,7 +92,7 @@ async def _listen_file(listener, path: str | Path) -> ListenResult:  # noqa: ANN
     return ListenResult(events, wall, source.duration, turns)
 
 
-def listen_file(listener, path: str | Path) -> ListenResult:  # noqa: ANN001 - agent.listen.Listener
+def listen_file(listener: Listener, path: str | Path) -> ListenResult:
     """Hear ``path`` as fast as possible with a loaded listener."""
     return asyncio.run(_listen_file(listener, path))
 
@@ -194,7 +115,6 @@ def _ms(seconds: float | None) -> int | None:
 
 def bench_listen(settings: Settings, repeats: int = 3, out: Path | None = Path("benchmarks/listen.md")) -> dict:
     """Run the listen benchmark; print a table and a JSON line; optionally write ``out``."""
-    from agent.listen import Listener
     from training.teacher import write_conversation
 
     with tempfile.TemporaryDirectory(prefix="ttt-bench-") as tmp:
@@ -203,7 +123,7 @@ def bench_listen(settings: Settings, repeats: int = 3, out: Path | None = Path("
         paused = Path(tmp) / "paused.wav"
         pause_spans = write_conversation([PAUSED_TURN], paused, pause_s=PAUSE_S)
         started = time.perf_counter()
-        listener = Listener(settings)
+        listener = Listener.from_settings(settings)
         load_s = time.perf_counter() - started
         runs = []
         try:
@@ -289,9 +209,11 @@ def bench_turn(
     cut-offs-vs-latency PNG), then each scorer alone (its scores on complete vs unfinished
     phrases, and its time per call). ``cases`` > 0 uses the first N of each held-out set.
     """
+    import torch
+
     summary: dict = {"bench": "turn", **_bench_turn_sets(settings, out, cases)}
     summary.update(_bench_turn_scores(settings, repeats))
-    summary["torch_threads"] = settings.turn.torch_threads
+    summary["torch_threads"] = torch.get_num_threads()
     summary["load_avg_1m"] = round(os.getloadavg()[0], 2)
     print(f"load average {summary['load_avg_1m']} on {os.cpu_count()} cores")
     print(json.dumps(summary))
@@ -307,7 +229,6 @@ def _bench_turn_sets(settings: Settings, out: Path | None, cases: int = 0) -> di
     """Each scorer, with its own wait policy, on the held-out sets voiced by the teacher."""
     import copy
 
-    from agent.listen import Listener
     from agent.turn_eval import curve, hear_sets, plot_curves, summarize
     from training.turn_data import read_pause_cases, read_turns
 
@@ -319,7 +240,7 @@ def _bench_turn_sets(settings: Settings, out: Path | None, cases: int = 0) -> di
     for scorer in SCORERS:
         chosen = copy.deepcopy(settings)
         chosen.turn.scorer = scorer
-        listener = Listener(chosen)
+        listener = Listener.from_settings(chosen)
         try:
             pause_results, complete_results = hear_sets(chosen, pauses, completes, listener)
             policy = listener.turns
@@ -373,10 +294,6 @@ def _bench_turn_scores(settings: Settings, repeats: int) -> dict:
     from model.turn_head import load_head
     from training.teacher import teacher_voice, trim_silence
 
-    if settings.turn.torch_threads > 0:
-        import torch
-
-        torch.set_num_threads(settings.turn.torch_threads)
     backbone = load_backbone(settings.assets.llm, settings.assets.cache_dir, settings.device)
     asr = WhisperAsr(settings.asr, settings.assets.whisper)
     voice = teacher_voice(settings.assets.piper_voice)
@@ -503,7 +420,6 @@ def bench_real(settings: Settings, count: int = 80, out: Path | None = Path("ben
     import copy
 
     from agent.asr import WhisperAsr
-    from agent.listen import Listener
     from agent.real_speech import choose_prompts, load_prompt, read_prompts, sentence_ends, write_prompts
     from agent.turn_eval import CASE_GAP_S, split_cases
 
@@ -538,7 +454,7 @@ def bench_real(settings: Settings, count: int = 80, out: Path | None = Path("ben
         for scorer in SCORERS:
             chosen = copy.deepcopy(settings)
             chosen.turn.scorer = scorer
-            listener = Listener(chosen)
+            listener = Listener.from_settings(chosen)
             try:
                 result = listen_file(listener, path)
             finally:
@@ -629,8 +545,4 @@ def run_bench(settings: Settings, what: str, args: argparse.Namespace) -> int:
         bench_turn(settings, repeats, cases=cases)
     elif what == "real":
         bench_real(settings, count=cases or 80)
-    else:
-        from agent.cli import UserError
-
-        raise UserError(f"unknown benchmark {what!r}; available: listen, turn, real")
     return 0

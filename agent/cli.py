@@ -7,11 +7,12 @@ machine without (say) PortAudio can still run everything that does not touch a s
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from collections.abc import Callable
 
-from agent.settings import Settings, SettingsError, load_settings
+from agent.settings import Settings, SettingsError, load_settings, set_torch_threads
 
 
 class UserError(RuntimeError):
@@ -53,8 +54,31 @@ def _cmd_listen(args: argparse.Namespace, settings: Settings) -> int:
     return run_listen(settings, input_path=args.input, realtime=args.realtime, as_json=args.json)
 
 
+def _cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
+    from agent.chat import run_chat
+
+    if args.record is not None and args.input is None:
+        raise UserError("--record needs --input: only a conversation with a file as the microphone is recorded")
+    mqtt = None
+    if args.mqtt:
+        from agent.mqtt import MqttConfig
+
+        try:
+            mqtt = MqttConfig.parse(
+                args.mqtt,
+                site_id=args.site_id,
+                username=args.mqtt_username,
+                password=args.mqtt_password,
+                tls=args.mqtt_tls,
+                ca_file=args.mqtt_ca,
+            )
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    return run_chat(settings, args.input, args.record, args.metrics, args.reply, args.json, args.tools, mqtt)
+
+
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from agent.listen import run_demo
+    from agent.demo import run_demo
 
     return run_demo(settings)
 
@@ -72,8 +96,8 @@ def _cmd_say(args: argparse.Namespace, settings: Settings) -> int:
 
     import soundfile as sf
 
+    from model.generate import GenerationOptions
     from model.say import load_for_say, say
-    from model.talker import GenerationOptions
 
     if not args.text.strip():
         raise UserError("nothing to say: give a non-empty TEXT")
@@ -95,9 +119,17 @@ def _cmd_say(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
-    if args.what == "say":  # the talker's benchmark lives model-side
-        import json
+    if args.turns:
+        from agent.bench_chat import bench_turns
 
+        if args.what is not None:
+            raise UserError(f"--turns runs the conversation benchmark; drop {args.what!r} or drop --turns")
+        replies = ["talker", "piper"] if args.reply == "both" else [args.reply]
+        bench_turns(settings, args.turns, replies, gap_s=args.gap_s, png=args.png)
+        return 0
+    if args.what is None:
+        raise UserError("say what to measure: listen, turn or say, or --turns N for whole conversations")
+    if args.what == "say":  # the talker's benchmark lives model-side
         from model.say import bench_say
 
         print(json.dumps(bench_say(settings, repeats=args.repeats)))
@@ -136,6 +168,35 @@ def _cmd_train_turn(args: argparse.Namespace, settings: Settings) -> int:
     return run_train_turn(args, settings)
 
 
+def _cmd_data_align(args: argparse.Namespace, settings: Settings) -> int:
+    import torch
+
+    from training.align import align_corpus
+
+    torch.set_num_threads(args.threads)  # the command's own flag wins over settings.torch_threads
+    manifest = align_corpus(args.data, args.out)
+    print(json.dumps(manifest))
+    return 0
+
+
+def _cmd_train_talker(args: argparse.Namespace, settings: Settings) -> int:
+    from training.train_talker import run_train_talker
+
+    return run_train_talker(args, settings)
+
+
+def _cmd_eval_tts(args: argparse.Namespace, settings: Settings) -> int:
+    from training.eval_tts import run_eval_tts
+
+    return run_eval_tts(args, settings)
+
+
+def _cmd_eval_chat(args: argparse.Namespace, settings: Settings) -> int:
+    from training.eval_chat import run_eval_chat
+
+    return run_eval_chat(args, settings)
+
+
 def _cmd_codec_roundtrip(args: argparse.Namespace, settings: Settings) -> int:
     from training.evaluate import run_roundtrip
 
@@ -169,7 +230,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--realtime", action="store_true", help="pace --input in real time (default: fast)")
     p.add_argument("--json", action="store_true", help="print one JSON object per event")
 
-    command("demo", _cmd_demo, "the main job on the embedded defaults: hear a synthesised conversation")
+    p = command("chat", _cmd_chat, "talk with the agent: microphone and speaker, or a file played as a live microphone")
+    p.add_argument("--input", metavar="USER.wav", help="play this file as the microphone, in real time")
+    p.add_argument("--record", metavar="REC.wav", help="with --input: write a stereo recording (left mic, right agent)")
+    p.add_argument("--metrics", metavar="FILE", help="write one JSON line of latencies per answered turn")
+    p.add_argument(
+        "--reply",
+        choices=["auto", "talker", "piper"],
+        help="who answers (default: agent.reply, auto)",
+    )
+    p.add_argument("--tools", metavar="FILE", help="a Python file whose @tool functions the model may call")
+    p.add_argument("--mqtt", metavar="HOST[:PORT]", help="bridge events and commands to this MQTT broker (Hermes)")
+    p.add_argument("--site-id", default="default", help="Hermes siteId of this agent (default: default)")
+    p.add_argument("--mqtt-username", metavar="USER", help="MQTT user name")
+    p.add_argument("--mqtt-password", metavar="PASSWORD", help="MQTT password")
+    p.add_argument("--mqtt-tls", action="store_true", help="connect to the broker with TLS (default port 8883)")
+    p.add_argument("--mqtt-ca", metavar="FILE", help="CA certificates for --mqtt-tls (default: the system's)")
+    p.add_argument("--json", action="store_true", help="print every event as one JSON object a line")
+
+    command("demo", _cmd_demo, "the main job on the embedded defaults: a spoken conversation with the agent")
 
     p = command("assets", _cmd_assets, "show where each model asset is found")
     p.add_argument("--prepare", action="store_true", help="also convert/cache what needs it (the LLM)")
@@ -180,8 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON line with the timings")
 
     p = command("bench", _cmd_bench, "benchmarks: speed and latency, reported as medians")
-    p.add_argument("what", choices=["listen", "turn", "real", "say"], help="what to measure")
+    p.add_argument("what", nargs="?", choices=["listen", "turn", "real", "say"], help="what to measure")
     p.add_argument("--repeats", type=int, default=3, help="repetitions (medians are reported)")
+    p.add_argument("--turns", type=int, default=0, help="spoken turns through the whole loop in real time, per voice")
+    p.add_argument(
+        "--reply", choices=["talker", "piper", "both"], default="both", help="with --turns: which voice (default both)"
+    )
+    p.add_argument("--gap-s", type=float, default=9.0, help="with --turns: silence after each question")
+    p.add_argument("--png", metavar="FILE", help="with --turns: plot voice-to-voice latency per turn")
     p.add_argument("--cases", type=int, default=0, help="turn: first N of each held-out set; real: N prompts (80)")
 
     # nested commands ("ttt data synth", "ttt train codec"...): one group parser per first word
@@ -205,6 +290,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sentences", metavar="FILE", help="also voice these sentences (one per line) first, if not in the corpus yet"
     )
+
+    p = subcommand("data", "align", _cmd_data_align, "encode the corpus with the codec and align its word chunks")
+    p.add_argument("--data", default="data/corpus", help="corpus folder from `ttt data synth`")
+    p.add_argument("--out", default="data/aligned", help="aligned corpus folder (default: data/aligned)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (two stall each other on a busy box)")
+
+    p = subcommand("train", "talker", _cmd_train_talker, "train the unified transformer's voice (resumable)")
+    p.add_argument("--data", default="data/aligned", help="aligned corpus folder from `ttt data align`")
+    p.add_argument("--run", default="runs/talker", help="run folder: checkpoints, loss log and curve")
+    p.add_argument("--minutes", type=float, default=60.0, help="stop after this much training time")
+    p.add_argument("--steps", type=int, default=0, help="stop after this many steps (0 = by time only)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--limit", type=int, default=0, help="train on the first N clips only (the overfit gate)")
+    p.add_argument("--positions-per-step", type=int, default=0, help="real positions per step (0 = 2048)")
+    p.add_argument("--row-length", type=int, default=0, help="packed row length (0 = 512)")
+    p.add_argument("--lr", type=float, default=0.0, help="peak LoRA learning rate (0 = 3e-4)")
+    p.add_argument("--speech-lr", type=float, default=0.0, help="peak learning rate of the speech parts (0 = 1e-3)")
+    p.add_argument("--val-every", type=int, default=0, help="steps between validations (0 = 200)")
+    p.add_argument("--lora-rank", type=int, default=0, help="LoRA rank of a new run (0 = 32)")
+    p.add_argument("--save-every-s", type=float, default=0.0, help="seconds between resumable checkpoints (0 = 180)")
 
     p = subcommand("train", "codec", _cmd_train_codec, "train the speech codec (accelerate; resumable)")
     p.add_argument("--data", default="data/corpus", help="corpus folder from `ttt data synth`")
@@ -246,6 +351,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--griffin-lim", action="store_true", help="decode with Griffin-Lim, not the vocoder")
     p.add_argument("--no-timing", action="store_true", help="skip the real-time-factor measurements (faster)")
     p.add_argument("--transcripts", metavar="FILE", help="append per-sentence transcripts to FILE (JSON lines)")
+
+    p = subcommand("eval", "tts", _cmd_eval_tts, "talker WER (free-running and single-span) beside the teacher's")
+    p.add_argument(
+        "--checkpoint", metavar="PATH", nargs="+", help="talker safetensors, one or more (default: the shipped one)"
+    )
+    p.add_argument("--sentences", metavar="FILE", help="sentences (default: ../shared/eval/dev_sentences.txt)")
+    p.add_argument("--limit", type=int, default=0, help="use only the first N sentences (0 = all)")
+    p.add_argument("--transcripts", metavar="FILE", help="append per-sentence transcripts to FILE (JSON lines)")
+    p.add_argument("--png", metavar="FILE", help="spectrograms of the first sentence: teacher above talker")
+
+    p = subcommand("eval", "chat", _cmd_eval_chat, "chat accuracy of the talker beside its untouched backbone")
+    p.add_argument("--checkpoint", metavar="PATH", nargs="+", help="talker safetensors (default: the shipped one)")
+    p.add_argument("--questions", metavar="FILE", help="'question | keywords' lines (default: the shipped 50)")
+    p.add_argument("--answers", metavar="FILE", help="append every answer to FILE (JSON lines)")
     return parser
 
 
@@ -255,13 +374,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # transformers warns about its own deprecated attribute whenever peft wraps a model: not ours to fix.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    from agent.tools import ToolError
     from audio_io.frames import AudioError
     from model.assets import AssetError
 
     try:
         settings = _settings(args)
+        set_torch_threads(settings)
         return int(args.handler(args, settings) or 0)
-    except (UserError, SettingsError, AssetError, AudioError) as exc:
+    except (UserError, SettingsError, AssetError, AudioError, ToolError) as exc:
         print(f"ttt {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -22,13 +22,13 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from agent.asr import StreamingTranscriber, WhisperAsr
+from agent.asr import Recognizer, StreamingTranscriber
 from agent.events import EndOfTurn, HearingEvent, PartialTranscript, SpeechEnded, SpeechStarted, TurnScored
 from agent.settings import Settings
-from agent.turn_detector import build_turn_detector
+from agent.turn_detector import TurnDetector, build_turn_detector
 from audio_io.frames import AudioFrame
 from audio_io.sources import AudioSource
-from audio_io.vad import SileroVad, VadEvent
+from audio_io.vad import StreamingVad, VadEvent
 
 log = logging.getLogger("ttt.listen")
 
@@ -46,79 +46,105 @@ class _Pending:
     probability: float  # P(end of turn | text)
     deadline: float  # end + required silence
     ready: float  # when the final transcript and probability were known (source clock)
+    likelihood: float  # the recognizer's confidence in ``text``
 
 
-class Listener:
-    """Loads the VAD, whisper and the end-of-turn model once; ``events(source)`` hears a source.
+class ComputeClock:
+    """Event times on the source clock, live or charged with compute.
 
-    One source at a time: the VAD's state is the listener's.
+    Live (a microphone, a file paced in real time): an event happens when it is produced, the
+    source's ``now()``. Fast (a file read as fast as possible): an event happens at its audio time
+    plus the compute on the critical path, as if that compute had run on one worker in real time.
     """
 
-    def __init__(self, settings: Settings | None = None):
-        from model.backbone import load_backbone
-
-        self.settings = settings or Settings()
-        s = self.settings
-        self.vad = SileroVad.from_settings(s)
-        self.asr = WhisperAsr(s.asr, s.assets.whisper)
-        self._torch_threads: int | None = None  # the process's torch threads before ours, restored by close()
-        if s.turn.torch_threads > 0:
-            import torch
-
-            self._torch_threads = torch.get_num_threads()
-            torch.set_num_threads(s.turn.torch_threads)
-        backbone = load_backbone(s.assets.llm, s.assets.cache_dir, s.device)
-        self.turns = build_turn_detector(s.turn, backbone)
-        self._eot_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ttt-eot")
-
-    async def events(self, source: AudioSource) -> AsyncIterator[HearingEvent]:
-        """Hear ``source`` until it ends, yielding speech edges, partials and ends of turn."""
-        run = _Run(self, source)
-        try:
-            async for frame in source.frames():
-                async for event in run.frame(frame):
-                    yield event
-            async for event in run.finish():
-                yield event
-        finally:
-            run.close()
-
-    def close(self) -> None:
-        """Stop the worker threads and give torch its thread count back."""
-        self._eot_worker.shutdown(wait=False, cancel_futures=True)
-        if self._torch_threads is not None:
-            import torch
-
-            torch.set_num_threads(self._torch_threads)
-            self._torch_threads = None
-
-
-class _Run:
-    """The state of hearing one source: the current turn, its transcript and its pending end."""
-
-    def __init__(self, listener: Listener, source: AudioSource):
-        self.listener = listener
+    def __init__(self, source: AudioSource):
         self.source = source
         # Files paced in real time and microphones are live; a file read as fast as possible is not.
         self.live = bool(getattr(source, "realtime", True))
+        self.worker_free_at = 0.0  # fast mode: source time until which the worker would still be busy
+
+    def stamp(self, t: float) -> float:
+        """Event time: the source clock now when live, else ``t`` (computed from audio and compute)."""
+        return max(self.source.now(), t) if self.live else t
+
+    def now(self, audio_t: float) -> float:
+        """The time a decision is taken at: the source clock when live, else the audio time ``audio_t``."""
+        return self.source.now() if self.live else audio_t
+
+    def worker_job(self, queued_at: float, wall_s: float) -> float:
+        """Fast mode: a worker job of ``wall_s`` queued at ``queued_at`` ends then (jobs queue one behind another)."""
+        self.worker_free_at = max(queued_at, self.worker_free_at) + wall_s
+        return self.worker_free_at
+
+    def critical_path(self, since: float, compute_s: float) -> float:
+        """When compute on the critical path, started at ``since``, is done; the worker is busy until then."""
+        ready = self.stamp(since + compute_s)
+        self.worker_free_at = max(self.worker_free_at, ready)
+        return ready
+
+
+class Listener:
+    """Hearing from its parts: a VAD, a recognizer and the turn detector; ``events(source)`` hears a source.
+
+    One source at a time: the VAD's state is the listener's. Build the real parts with
+    :meth:`from_settings`; tests inject scripted ones.
+    """
+
+    def __init__(self, vad: StreamingVad, asr: Recognizer, turns: TurnDetector, partial_interval_ms: int = 300):
+        self.vad = vad
+        self.asr = asr
+        self.turns = turns
+        self.partial_interval_ms = partial_interval_ms  # new speech between partial re-decodes
+        self._eot_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ttt-eot")
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> Listener:
+        """The silero VAD, whisper and the LLM end-of-turn model, as ``settings`` configures them."""
+        from agent.asr import WhisperAsr
+        from audio_io.vad import SileroVad
+        from model.backbone import load_backbone
+
+        s = settings or Settings()
+        vad = SileroVad.from_settings(s)
+        asr = WhisperAsr(s.asr, s.assets.whisper)
+        backbone = load_backbone(s.assets.llm, s.assets.cache_dir, s.device)
+        turns = build_turn_detector(s.turn, backbone)
+        return cls(vad, asr, turns, s.asr.partial_interval_ms)
+
+    async def events(self, source: AudioSource) -> AsyncIterator[HearingEvent]:
+        """Hear ``source`` until it ends, yielding speech edges, partials and ends of turn."""
+        tracker = TurnTracker(self, ComputeClock(source))
+        try:
+            async for frame in source.frames():
+                async for event in tracker.frame(frame):
+                    yield event
+            async for event in tracker.finish():
+                yield event
+        finally:
+            tracker.close()
+
+    def close(self) -> None:
+        """Stop the worker threads."""
+        self._eot_worker.shutdown(wait=False, cancel_futures=True)
+
+
+class TurnTracker:
+    """The state of hearing one source: the current turn, its transcript and its pending end."""
+
+    def __init__(self, listener: Listener, clock: ComputeClock):
+        self.listener = listener
+        self.clock = clock
         self.vad = listener.vad
         self.vad.reset()
-        self.transcriber = StreamingTranscriber(listener.asr, listener.settings.asr.partial_interval_ms)
+        self.transcriber = StreamingTranscriber(listener.asr, listener.partial_interval_ms)
         self.preroll: deque[AudioFrame] = deque(maxlen=32)
         self.in_turn = False
         self.turn_start = 0.0  # source time of the turn audio's first sample
         self.pending: _Pending | None = None
         self.last_end = 0.0  # end of the last frame seen
-        self.silence = 0.0  # length of the current run of silent VAD chunks, inside speech
-        self.candidate_ready: float | None = None  # source time a speculative final (+ score) was ready
-        # Fast mode: source time until which the ASR worker would still be busy in real time (a
-        # partial started at t runs until t + its wall time; later work queues behind it).
-        self.worker_free_at = 0.0
+        self.silence_seen = 0.0  # the VAD's silence run when last looked at (to see it cross SPECULATE_S)
+        self.candidate_ready: float | None = None  # fast mode: source time a speculative final (+ score) was ready
         self.last_partial = ""
-
-    def stamp(self, t: float) -> float:
-        """Event time: the source clock now when live, else ``t`` (computed from audio and compute)."""
-        return max(self.source.now(), t) if self.live else t
 
     async def frame(self, frame: AudioFrame) -> AsyncIterator[HearingEvent]:
         """Feed one frame."""
@@ -161,40 +187,35 @@ class _Run:
 
     async def _maybe_speculate(self, now: float) -> None:
         """Once the user has been silent for SPECULATE_S, decode and score the turn so far."""
-        previous = self.silence
-        for _, p in self.vad.last_chunks:
-            self.silence = self.silence + 0.032 if p < self.vad.neg_threshold else 0.0
-        if not previous < SPECULATE_S <= self.silence:
+        previous, self.silence_seen = self.silence_seen, self.vad.silence_s
+        if not previous < SPECULATE_S <= self.silence_seen:
             return
         started = time.perf_counter()
         future = self.transcriber.speculate(then=self.listener.turns.probability)
-        if not self.live:
+        if not self.clock.live:
             # Reading faster than real time: the decode runs while the next frames would arrive;
-            # it counts from here (or from when the worker is free), on the source clock, in the
-            # end-of-turn stamp if it is reused.
+            # it counts from here (or from when the worker is free), in the end-of-turn stamp if reused.
             await asyncio.wrap_future(future)
-            self.candidate_ready = max(now, self.worker_free_at) + time.perf_counter() - started
-            self.worker_free_at = self.candidate_ready
+            self.candidate_ready = self.clock.worker_job(now, time.perf_counter() - started)
 
     async def _partials(self) -> AsyncIterator[HearingEvent]:
         hypothesis = self.transcriber.take_partial()
         # Only while the user is clearly speaking: a partial started as speech fades would hold
         # the worker when the speculative final is needed.
-        speaking = self.vad.last_probability >= self.vad.threshold
-        if hypothesis is None and speaking and self.transcriber.maybe_start_partial() and not self.live:
+        if hypothesis is None and self.vad.speaking and self.transcriber.maybe_start_partial() and not self.clock.live:
             # Reading faster than real time: wait for the decode, as real time would have given it
             # time, and remember how long the worker would have been busy.
             started = time.perf_counter()
             hypothesis = await self.transcriber.wait_partial()
-            self.worker_free_at = max(self.last_end, self.worker_free_at) + time.perf_counter() - started
+            self.clock.worker_job(self.last_end, time.perf_counter() - started)
         if hypothesis is not None and hypothesis.text != self.last_partial:
             self.last_partial = hypothesis.text
-            yield PartialTranscript(self.stamp(self.last_end), hypothesis.text, hypothesis.stable)
+            yield PartialTranscript(self.clock.stamp(self.last_end), hypothesis.text, hypothesis.stable)
 
     async def _speech_ended(self, end: float, detected_at: float) -> TurnScored:
         """The critical path: final transcript and P(end of turn), awaited, then the required silence."""
         started = time.perf_counter()
-        self.silence = 0.0
+        self.silence_seen = 0.0
         final = await self.transcriber.final(covered_until=end - self.turn_start + FINAL_MARGIN_S)
         text, probability = final.text, final.score
         turns = self.listener.turns
@@ -209,9 +230,8 @@ class _Run:
         if final.speculative and self.candidate_ready is not None:
             since = max(detected_at, self.candidate_ready)
         else:
-            since = max(detected_at, self.worker_free_at)  # the final decode queued behind any partial
-        ready = self.stamp(since + compute)
-        self.worker_free_at = max(self.worker_free_at, ready)
+            since = max(detected_at, self.clock.worker_free_at)  # the final decode queued behind any partial
+        ready = self.clock.critical_path(since, compute)
         log.debug(
             "speech end %.3f detected %.3f ready %.3f (compute %.0f ms, speculative %s) p=%.3f wait %.0f ms %r",
             end,
@@ -224,23 +244,22 @@ class _Run:
             text,
         )
         wait = turns.required_silence(probability)
-        self.pending = _Pending(end, text, probability, end + wait, ready)
+        self.pending = _Pending(end, text, probability, end + wait, ready, final.likelihood)
         return TurnScored(ready, end, text, probability, wait)
 
     def _maybe_end_turn(self, now: float) -> EndOfTurn | None:
         """End the pending turn once its required silence has passed (unless speech seems to resume)."""
         pending = self.pending
         assert pending is not None
-        clock = self.source.now() if self.live else now
-        if not self.listener.turns.turn_over(clock - pending.end, pending.probability):
+        if not self.listener.turns.turn_over(self.clock.now(now) - pending.end, pending.probability):
             return None
-        if self.vad.last_probability >= self.vad.threshold:
+        if self.vad.speaking:
             return None  # speech seems to resume: let the VAD decide before cutting the turn
-        t = self.stamp(max(pending.deadline, pending.ready))
+        t = self.clock.stamp(max(pending.deadline, pending.ready))
         self._end_turn()
         if not pending.text:
             return None  # the VAD heard something whisper did not: a noise, not a turn
-        return EndOfTurn(t, pending.text, pending.probability, t - pending.end)
+        return EndOfTurn(t, pending.text, pending.probability, t - pending.end, pending.likelihood)
 
     def _end_turn(self) -> None:
         self.in_turn = False
@@ -259,12 +278,13 @@ class _Run:
             yield await self._speech_ended(self.last_end, self.last_end)
         if self.pending is not None:
             pending = self.pending
-            t = self.stamp(max(pending.ready, self.last_end))
+            t = self.clock.stamp(max(pending.ready, self.last_end))
             self._end_turn()
             if pending.text:
-                yield EndOfTurn(t, pending.text, pending.probability, t - pending.end)
+                yield EndOfTurn(t, pending.text, pending.probability, t - pending.end, pending.likelihood)
 
     def close(self) -> None:
+        """Stop the transcriber's worker."""
         self.transcriber.close()
 
 
@@ -286,7 +306,7 @@ def run_listen(settings: Settings, input_path: str | None = None, realtime: bool
 
     # Open the source first: a bad file is reported before seconds of model loading.
     source = FileSource(input_path, realtime=realtime) if input_path else MicrophoneSource(settings.audio.input_device)
-    listener = Listener(settings)
+    listener = Listener.from_settings(settings)
 
     async def main() -> None:
         if input_path is None:
@@ -299,42 +319,4 @@ def run_listen(settings: Settings, input_path: str | None = None, realtime: bool
         asyncio.run(main())
     finally:
         listener.close()
-    return 0
-
-
-DEMO_TURNS: list[tuple[str, ...]] = [
-    ("Hi! Can you hear me?",),
-    ("Please set a reminder to water the plants on Sunday.",),
-    ("My phone number is", "five five five, one two three four."),  # a pause inside an unfinished phrase
-    ("Thanks, that is all for today.",),
-]
-
-
-def run_demo(settings: Settings) -> int:
-    """``ttt demo``: voice a short conversation with the teacher, hear it, print events and a summary."""
-    import tempfile
-
-    from agent.bench import listen_file, turn_latencies
-    from training.teacher import write_conversation
-
-    with tempfile.TemporaryDirectory(prefix="ttt-demo-") as tmp:
-        path = f"{tmp}/conversation.wav"
-        print(f"voicing {len(DEMO_TURNS)} turns with the Piper teacher voice (one has a pause mid-phrase)...")
-        spans = write_conversation(DEMO_TURNS, path)
-        print("loading the VAD, whisper and the end-of-turn LLM...")
-        started = time.perf_counter()
-        listener = Listener(settings)
-        print(f"loaded in {time.perf_counter() - started:.1f} s; listening (as fast as possible, audio-time stamps):\n")
-        try:
-            result = listen_file(listener, path)
-        finally:
-            listener.close()
-    for event in result.events:
-        print(format_event(event))
-    latencies = turn_latencies(result.turns, spans)
-    print(f"\n{len(result.turns)} turns heard ({len(DEMO_TURNS)} spoken):")
-    for i, (turn, latency) in enumerate(zip(result.turns, latencies, strict=True)):
-        when = "before the speech ended" if latency is None else f"{1000 * latency:.0f} ms after the speech ended"
-        print(f"  {i + 1}. {turn.text!r}  end of turn {when}")
-    print(f"real-time factor {result.rtf:.2f} ({result.wall_s:.1f} s for {result.audio_s:.1f} s of audio)")
     return 0

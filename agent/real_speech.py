@@ -96,7 +96,7 @@ def write_prompts(clips: list[np.ndarray], path: str | Path, gap_s: float, lead_
 
 def sentence_ends(text: str) -> list[int]:
     """Word counts at which the sentences of ``text`` end (after normalisation)."""
-    from agent.bench import normalise_text
+    from training.wer import normalise_text
 
     ends, total = [], 0
     for sentence in re.split(r"(?<=[.?!])\s+", text):

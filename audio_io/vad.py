@@ -8,6 +8,7 @@ here explicitly, so the detector can be reset, and frames of any length can be f
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -49,8 +50,8 @@ def _session(model_path: str | os.PathLike | None) -> Any:
         ) from exc
 
 
-class SileroVad:
-    """Feed frames, get speech_start / speech_end events.
+class StreamingVad(ABC):
+    """Feed frames, get speech_start / speech_end events; subclasses say how speech-like a chunk is.
 
     Speech starts when the probability stays >= ``threshold`` for ``min_speech_ms`` (back-dated to the
     first such chunk) and ends when it stays < ``neg_threshold`` for ``min_silence_ms`` (back-dated
@@ -59,7 +60,6 @@ class SileroVad:
 
     def __init__(
         self,
-        model_path: str | os.PathLike | None = None,
         threshold: float = 0.5,
         neg_threshold: float = 0.35,
         min_speech_ms: int = 96,
@@ -76,40 +76,31 @@ class SileroVad:
         self.neg_threshold = neg_threshold  # probability below which a chunk counts as silence
         self.min_speech = round(min_speech_ms * SAMPLE_RATE / 1000)  # samples of speech needed to start
         self.min_silence = round(min_silence_ms * SAMPLE_RATE / 1000)  # samples of silence needed to end
-        self._session = _session(model_path)
-        self._sr = np.array(SAMPLE_RATE, dtype=np.int64)
         self.reset()
 
-    @classmethod
-    def from_settings(cls, settings: Any) -> SileroVad:
-        """A detector configured by a :class:`agent.settings.Settings` (its ``vad`` and ``assets``)."""
-        vad = settings.vad
-        return cls(settings.assets.vad, vad.threshold, vad.neg_threshold, vad.min_speech_ms, vad.min_silence_ms)
+    @abstractmethod
+    def probability(self, chunk: np.ndarray) -> float:
+        """Score one 512-sample chunk, advancing the model's state (no event logic)."""
 
     def reset(self) -> None:
-        """Forget everything: model state, buffered samples and the speech/silence decision."""
-        self._state = np.zeros(STATE_SHAPE, np.float32)
-        self._context = np.zeros(CONTEXT, np.float32)
+        """Forget everything: buffered samples and the speech/silence decision."""
         self._pending = np.zeros(0, np.float32)  # samples waiting for a full chunk
         self._pending_t = 0.0  # time of _pending[0]
         self._in_speech = False
         self._run_start: float | None = None  # start of the current run of speech (or silence) chunks
         self._run = 0  # samples in that run
         self.last_probability: float = 0.0  # probability of the last chunk scored
-        self.last_chunks: list[tuple[float, float]] = []  # (chunk start time, probability), last process() call
+        self.silence_s = 0.0  # seconds of the latest run of silent chunks (p < neg_threshold); 0 after speech
 
     @property
     def in_speech(self) -> bool:
         """Whether speech has started and not yet ended."""
         return self._in_speech
 
-    def probability(self, chunk: np.ndarray) -> float:
-        """Score one 512-sample chunk, advancing the model's state (no event logic)."""
-        x = np.concatenate([self._context, chunk])[None, :]
-        out, state = self._session.run(None, {"input": x, "state": self._state, "sr": self._sr})
-        self._state = state
-        self._context = x[0, -CONTEXT:]
-        return float(out[0, 0])
+    @property
+    def speaking(self) -> bool:
+        """Whether the last chunk scored sounded like speech (p >= threshold), whatever the hysteresis says."""
+        return self.last_probability >= self.threshold
 
     def process(self, frame: AudioFrame) -> list[VadEvent]:
         """Feed a frame of any length; returns the events its complete chunks confirm."""
@@ -122,7 +113,6 @@ class SileroVad:
             self._pending_t = frame.t
         self._pending = np.concatenate([self._pending, samples])
         events: list[VadEvent] = []
-        self.last_chunks = []
         while len(self._pending) >= CHUNK:
             chunk, self._pending = self._pending[:CHUNK], self._pending[CHUNK:]
             start = self._pending_t
@@ -142,7 +132,7 @@ class SileroVad:
     def _decide(self, p: float, start: float) -> VadEvent | None:
         """Hysteresis on one chunk's probability ``p``; the chunk covers [start, start + 32 ms)."""
         self.last_probability = p
-        self.last_chunks.append((start, p))
+        self.silence_s = self.silence_s + CHUNK / SAMPLE_RATE if p < self.neg_threshold else 0.0
         end = start + CHUNK / SAMPLE_RATE
         # Outside speech a run counts speech chunks; inside, silent chunks.
         counts = p < self.neg_threshold if self._in_speech else p >= self.threshold
@@ -159,3 +149,39 @@ class SileroVad:
         self._in_speech = not self._in_speech
         self._run_start, self._run = None, 0
         return event
+
+
+class SileroVad(StreamingVad):
+    """:class:`StreamingVad` scored by the silero model (onnx), its recurrent state kept explicitly."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike | None = None,
+        threshold: float = 0.5,
+        neg_threshold: float = 0.35,
+        min_speech_ms: int = 96,
+        min_silence_ms: int = 160,
+    ):
+        self._session = _session(model_path)
+        self._sr = np.array(SAMPLE_RATE, dtype=np.int64)
+        super().__init__(threshold, neg_threshold, min_speech_ms, min_silence_ms)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> SileroVad:
+        """A detector configured by a :class:`agent.settings.Settings` (its ``vad`` and ``assets``)."""
+        vad = settings.vad
+        return cls(settings.assets.vad, vad.threshold, vad.neg_threshold, vad.min_speech_ms, vad.min_silence_ms)
+
+    def reset(self) -> None:
+        """Forget everything: model state, buffered samples and the speech/silence decision."""
+        self._state = np.zeros(STATE_SHAPE, np.float32)
+        self._context = np.zeros(CONTEXT, np.float32)
+        super().reset()
+
+    def probability(self, chunk: np.ndarray) -> float:
+        """Score one 512-sample chunk, advancing the model's state (no event logic)."""
+        x = np.concatenate([self._context, chunk])[None, :]
+        out, state = self._session.run(None, {"input": x, "state": self._state, "sr": self._sr})
+        self._state = state
+        self._context = x[0, -CONTEXT:]
+        return float(out[0, 0])

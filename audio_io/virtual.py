@@ -76,8 +76,13 @@ class VirtualMicrophone(AudioSource):
         self._script: list[tuple[int, np.ndarray]] = []  # (start sample, samples), kept sorted
         self._closed = False
         self._delivered = 0  # samples delivered so far
+        self._echo: tuple[VirtualSpeaker, int, float] | None = None  # (speaker, delay in samples, gain)
         for t, samples in script or []:
             self.play_at(t, samples)
+
+    def hear_speaker(self, speaker: VirtualSpeaker, delay_s: float = 0.05, gain: float = 0.3) -> None:
+        """Also pick up ``speaker``'s sound, ``delay_s`` late and scaled by ``gain`` (a room's echo path)."""
+        self._echo = (speaker, round(delay_s * SAMPLE_RATE), gain)
 
     def play_at(self, t: float, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
         """Make ``samples`` (mono; resampled when ``sample_rate`` is not 16 kHz) play from time ``t``.
@@ -121,6 +126,9 @@ class VirtualMicrophone(AudioSource):
             lo, hi = max(begin, start), min(end, start + len(audio))
             if lo < hi:
                 out[lo - begin : hi - begin] += audio[lo - start : hi - start]
+        if self._echo is not None:
+            speaker, delay, gain = self._echo
+            out += gain * speaker.render(begin - delay, end - delay)
         return out
 
     async def frames(self) -> AsyncIterator[AudioFrame]:
@@ -210,13 +218,17 @@ class VirtualSpeaker(AudioSink):
 
     def recording(self, duration: float) -> np.ndarray:
         """The played audio on the clock's 16 kHz timeline over ``[0, duration)``."""
-        out = np.zeros(round(duration * SAMPLE_RATE), np.float32)
+        return self.render(0, round(duration * SAMPLE_RATE))
+
+    def render(self, begin: int, end: int) -> np.ndarray:
+        """The played (or scheduled) audio over samples ``[begin, end)`` of the 16 kHz timeline (may start < 0)."""
+        out = np.zeros(max(0, end - begin), np.float32)
         for start, audio in self.segments:
-            audio16 = to_mono_16k(audio, self.sample_rate)
-            begin = round(start * SAMPLE_RATE)
-            take = min(len(audio16), len(out) - begin)
-            if take > 0:
-                out[begin : begin + take] += audio16[:take]
+            audio16 = audio if self.sample_rate == SAMPLE_RATE else to_mono_16k(audio, self.sample_rate)
+            first = round(start * SAMPLE_RATE)
+            lo, hi = max(begin, first), min(end, first + len(audio16))
+            if lo < hi:
+                out[lo - begin : hi - begin] += audio16[lo - first : hi - first]
         return out
 
 

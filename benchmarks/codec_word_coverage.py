@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("transcripts", nargs="+", help="JSONL files written by ttt eval codec --transcripts")
     parser.add_argument("--corpus", default="data/corpus", help="corpus folder from ttt data synth")
     args = parser.parse_args()
-    from agent.bench import normalise_text
+    from training.wer import normalise_text
 
     shards = sorted(Path(args.corpus).glob("shard_*.jsonl"))
     if not shards:

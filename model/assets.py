@@ -83,11 +83,9 @@ def locate(asset: PackagedAsset, override: str | os.PathLike | None = None) -> P
 
 
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
-    """Where converted weights live: ``override``, ``$TTT_CACHE_DIR``, or the user cache dir."""
+    """Where converted weights live: ``override`` (``assets.cache_dir``), or the user cache dir."""
     if override:
         return Path(override).expanduser()
-    if os.environ.get("TTT_CACHE_DIR"):
-        return Path(os.environ["TTT_CACHE_DIR"]).expanduser()
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("text-to-talk"))

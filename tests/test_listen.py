@@ -7,23 +7,19 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from agent.bench import (
-    BENCH_SENTENCES,
-    PAUSED_TURN,
-    listen_file,
-    word_error_rate,
-)
+from agent.bench import BENCH_SENTENCES, PAUSED_TURN, listen_file
 from agent.cli import main
 from agent.events import EndOfTurn, PartialTranscript, SpeechEnded, SpeechStarted
 from agent.settings import Settings
 from training.teacher import write_conversation
+from training.wer import word_error_rate
 
 
 @pytest.fixture(scope="module")
-def listener():
+def listener(one_torch_thread):
     from agent.listen import Listener
 
-    listener = Listener(Settings())
+    listener = Listener.from_settings(Settings())
     yield listener
     listener.close()
 

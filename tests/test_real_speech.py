@@ -6,10 +6,11 @@ import statistics
 
 import pytest
 
-from agent.bench import listen_file, word_error_rate
+from agent.bench import listen_file
 from agent.real_speech import INSTALL_HINT, SOUNDS, TEXTS, choose_prompts, load_prompt, read_prompts, write_prompts
 from agent.settings import Settings
 from agent.turn_eval import CASE_GAP_S, split_cases
+from training.wer import word_error_rate
 
 pytestmark = pytest.mark.skipif(
     not (SOUNDS.is_dir() and TEXTS.is_file()), reason=f"Asterisk prompts not installed: {INSTALL_HINT} (.ci/run does)"
@@ -30,7 +31,7 @@ def test_a_handful_of_real_prompts_each_end_one_turn(tmp_path):
 
     prompts = [p for p in choose_prompts(read_prompts(), 8, min_words=6) if p.complete][:6]
     spans = write_prompts([load_prompt(p) for p in prompts], tmp_path / "real.wav", CASE_GAP_S)
-    listener = Listener(Settings())
+    listener = Listener.from_settings(Settings())
     try:
         result = listen_file(listener, tmp_path / "real.wav")
     finally:

@@ -64,3 +64,51 @@ def test_toml_type_mismatch(tmp_path):
     config.write_text('[vad]\nmin_speech_ms = "soon"\n')
     with pytest.raises(SettingsError, match="expects int"):
         load_settings(config, environ={})
+
+
+def documented_variables() -> set[str]:
+    """Every TTT_* variable the README and the settings docstring name (templates like TTT_<SECTION> aside)."""
+    import re
+    from pathlib import Path
+
+    import agent.settings
+
+    root = Path(__file__).parent.parent
+    text = (root / "README.md").read_text() + (agent.settings.__doc__ or "")
+    return set(re.findall(r"\bTTT_[A-Z][A-Z0-9_]*[A-Z0-9]\b", text))
+
+
+def test_every_documented_variable_loads(tmp_path):
+    from agent.settings import ENV_ALIASES
+
+    names = documented_variables()
+    assert {"TTT_CACHE_DIR", "TTT_CODEC", "TTT_CONFIG", "TTT_VAD__THRESHOLD"} <= names
+    config = tmp_path / "c.toml"
+    config.write_text("")
+    for name in sorted(names):
+        value = str(config) if name == "TTT_CONFIG" else "0.6" if name == "TTT_VAD__THRESHOLD" else "some/dir"
+        settings = load_settings(environ={name: value})  # raises SettingsError for an unknown one
+        if name in ENV_ALIASES:
+            section, field = ENV_ALIASES[name].split(".")
+            assert getattr(getattr(settings, section), field) == value
+
+
+def test_cache_dir_and_codec_variables_reach_the_assets():
+    settings = load_settings(environ={"TTT_CACHE_DIR": "/tmp/ttt-cache", "TTT_CODEC": "/tmp/codec.safetensors"})
+    assert settings.assets.cache_dir == "/tmp/ttt-cache"
+    assert settings.assets.codec == "/tmp/codec.safetensors"
+    # The long names are the same settings.
+    assert load_settings(environ={"TTT_ASSETS__CODEC": "x"}).assets.codec == "x"
+
+
+def test_torch_threads_are_set_once_from_the_settings():
+    import torch
+
+    from agent.settings import set_torch_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert set_torch_threads(load_settings(environ={"TTT_TORCH_THREADS": "1"})) == 1
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -33,11 +33,11 @@ def test_split_cases_assigns_events_to_their_case():
         SpeechStarted(2.5),
         SpeechEnded(3.5),
         TurnScored(3.7, 3.5, "book a table for four", 0.9, 0.2),
-        EndOfTurn(3.75, "book a table for four", 0.9, 0.25),
+        EndOfTurn(3.75, "book a table for four", 0.9, 0.25, 0.8),
         SpeechStarted(6.0),
         SpeechEnded(7.0),
         TurnScored(7.2, 7.0, "yes", 0.8, 0.2),
-        EndOfTurn(7.3, "yes", 0.8, 0.3),
+        EndOfTurn(7.3, "yes", 0.8, 0.3, 0.9),
     ]
     first, second = split_cases(events, [(0.5, 3.5), (6.0, 7.0)])
     assert first.candidates == [(1.5, 1.7, 0.01, 2.5), (3.5, 3.7, 0.9, None)]

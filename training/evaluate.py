@@ -150,7 +150,7 @@ def evaluate_codec(
     ``per_sentence``: when given, one record per sentence (text and the three transcripts) is
     appended to it.
     """
-    from agent.bench import wer_gap, word_error_rate
+    from training.wer import wer_gap, word_error_rate
 
     hyp_resyn, hyp_copy, dists = [], [], []
     enc_s, dec_s, stream10_s, stream1_s, seconds = 0.0, 0.0, 0.0, 0.0, 0.0

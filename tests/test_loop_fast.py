@@ -1,0 +1,248 @@
+"""The agent loop on scripted parts and the virtual clock: events in, events and a recording out."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from agent.dialogue import INTERRUPTED_NOTE, History
+from agent.events import (
+    AgentStateChanged,
+    EndOfTurn,
+    ErrorEvent,
+    Interrupt,
+    Interruption,
+    Mute,
+    PlaybackFinished,
+    PlaybackStarted,
+    ReplyFinished,
+    Say,
+    TurnMetrics,
+    Unmute,
+)
+from agent.loop import Agent
+from agent.playback import Segment, heard_text
+from audio_io.virtual import VirtualClock, VirtualMicrophone, VirtualSpeaker, stereo_recording
+from tests.fakes import WORD_AUDIO_S, FakeVoice, ToneScript, loud_runs, tone_listener
+
+SCRIPT = ToneScript(["what is the weather like today", "stop please tell me about trains", "", "thanks a lot"])
+LONG_REPLY = " ".join(f"word{i}" for i in range(20))  # 20 words, 6 s of audio
+SHORT_REPLY = "it is sunny and warm"
+
+
+def converse(pieces, answer=lambda messages: SHORT_REPLY, tail_s=4.0, voice_cls=FakeVoice, during=None, **voice_kw):
+    """Run the agent over the scripted microphone; returns (agent, voice, stereo recording)."""
+    clock = VirtualClock()
+    mic = VirtualMicrophone(clock, [(t, SCRIPT.speech(i)) for t, i in pieces], tail_s=tail_s)
+    speaker = VirtualSpeaker(clock)
+    voice = voice_cls(clock, answer, **voice_kw)
+    agent = Agent(tone_listener(SCRIPT), voice, speaker, clock, History("You are a test."))
+
+    async def main():
+        if during is not None:
+            asyncio.get_running_loop().create_task(during(agent, clock))
+        await agent.run(mic)
+
+    asyncio.run(main())
+    return agent, voice, stereo_recording(mic, speaker)
+
+
+def of(agent, kind):
+    return [e for e in agent.bus.history if isinstance(e, kind)]
+
+
+def speech_end(start, i):
+    return start + len(SCRIPT.speech(i)) / 16000
+
+
+def test_a_question_gets_a_spoken_answer_that_starts_after_the_user_stopped():
+    agent, voice, rec = converse([(0.5, 0)])
+    user_end = speech_end(0.5, 0)
+    (turn,) = of(agent, EndOfTurn)
+    (metrics,) = of(agent, TurnMetrics)
+    (started,) = of(agent, PlaybackStarted)
+    (finished,) = of(agent, PlaybackFinished)
+    states = [e.new_state for e in of(agent, AgentStateChanged)]
+    assert states == ["listening", "thinking", "speaking", "listening"]
+    assert turn.text == SCRIPT.texts[0]
+    assert not finished.interrupted and finished.heard_text == SHORT_REPLY
+    assert finished.position_s == pytest.approx(5 * WORD_AUDIO_S)
+    assert agent.history.messages == [
+        {"role": "user", "content": SCRIPT.texts[0]},
+        {"role": "assistant", "content": SHORT_REPLY},
+    ]
+    # The latency on the recording is the one the events report: turn wait (250 ms) + thinking (300 ms).
+    (agent_audio,) = loud_runs(rec[:, 1])
+    assert agent_audio[0] == pytest.approx(started.t, abs=0.002)
+    assert agent_audio[0] - user_end == pytest.approx(metrics.voice_to_voice_s, abs=0.035)
+    assert metrics.voice_to_voice_s == pytest.approx(
+        metrics.turn_wait_s + metrics.first_text_s + metrics.first_audio_s + metrics.playout_s
+    )
+    assert 0.25 <= metrics.turn_wait_s <= 0.3
+    assert metrics.first_text_s == pytest.approx(0.3, abs=0.07)  # 32 ms clock ticks
+    assert agent_audio[1] - agent_audio[0] == pytest.approx(5 * WORD_AUDIO_S, abs=0.01)
+
+
+def test_barge_in_stops_playback_fast_and_keeps_only_the_heard_words():
+    barge_at = speech_end(0.5, 0) + 2.0  # the reply started playing about 0.55 s after the question
+    agent, voice, rec = converse(
+        [(0.5, 0), (barge_at, 1)], answer=lambda m: LONG_REPLY if len(m) == 2 else "ok", word_s=WORD_AUDIO_S
+    )
+    (interruption,) = of(agent, Interruption)
+    cut = of(agent, PlaybackFinished)[0]
+    assert cut.interrupted and interruption.reason == "user_speech"
+    # On the recording: the agent's sound ends within 150 ms of the user's speech.
+    runs = loud_runs(rec[:, 1])
+    first_reply_end = runs[0][1]
+    assert barge_at < first_reply_end <= barge_at + 0.150, runs
+    # The history holds the words played before the cut, and says the reply was cut.
+    started = of(agent, PlaybackStarted)[0].t
+    played_words = int((first_reply_end - started) / WORD_AUDIO_S)
+    heard = " ".join(LONG_REPLY.split()[:played_words])
+    assert cut.heard_text == heard and 0 < played_words < 20
+    assert agent.history.messages[1:3] == [
+        {"role": "assistant", "content": heard},
+        {"role": "system", "content": INTERRUPTED_NOTE},
+    ]
+    assert voice.cancelled == 1  # the generation was cancelled, not left running
+    # The model is then asked about the interrupting turn, with the note in its prompt.
+    assert agent.history.messages[3] == {"role": "user", "content": SCRIPT.texts[1]}
+    assert voice.prompts[1][-2:] == [{"role": "system", "content": INTERRUPTED_NOTE}, agent.history.messages[3]]
+    assert of(agent, PlaybackFinished)[-1].heard_text == "ok"
+
+
+def test_a_cough_over_the_agent_pauses_it_and_it_resumes():
+    import numpy as np
+
+    cough_at = speech_end(0.5, 0) + 1.5
+    # 150 ms: long enough for the VAD (96 ms), shorter than a barge-in (300 ms); heard as no words.
+    t = np.arange(int(0.15 * 16000)) / 16000
+    cough = (0.3 * np.sin(2 * np.pi * SCRIPT.freq(2) * t)).astype(np.float32)
+    clock = VirtualClock()
+    mic = VirtualMicrophone(clock, [(0.5, SCRIPT.speech(0)), (cough_at, cough)], tail_s=8.0)
+    speaker = VirtualSpeaker(clock)
+    agent = Agent(tone_listener(SCRIPT), FakeVoice(clock, lambda m: LONG_REPLY), speaker, clock, History("s"))
+    asyncio.run(agent.run(mic))
+    assert not of(agent, Interruption)
+    (finished,) = of(agent, PlaybackFinished)
+    assert not finished.interrupted and finished.heard_text == LONG_REPLY
+    assert finished.position_s == pytest.approx(20 * WORD_AUDIO_S)
+    runs = loud_runs(stereo_recording(mic, speaker)[:, 1])
+    assert len(runs) == 2  # paused once...
+    assert cough_at < runs[0][1] <= cough_at + 0.150
+    assert runs[1][0] - runs[0][1] < 0.7  # ...and resumed once the cough was over
+    total = sum(end - start for start, end in runs)
+    assert total == pytest.approx(20 * WORD_AUDIO_S, abs=0.02)  # nothing lost, nothing repeated
+
+
+def test_say_is_spoken_and_answered_with_its_id_without_touching_the_history():
+    async def during(agent, clock):
+        await clock.wait_until(0.5)
+        agent.send(Say(clock.now(), "the laundry is done", "say-1"))
+
+    agent, _, rec = converse([], tail_s=4.0, during=during)
+    (finished,) = of(agent, PlaybackFinished)
+    assert finished.reply_id == "say-1" and finished.heard_text == "the laundry is done"
+    assert agent.history.messages == []
+    # Thinking takes 0.3 s; a waiting task wakes a few 32 ms microphone frames late on the virtual clock.
+    assert 0.8 <= loud_runs(rec[:, 1])[0][0] <= 0.8 + 0.13
+
+
+def test_interrupt_command_cuts_the_reply():
+    async def during(agent, clock):
+        while not of(agent, PlaybackStarted):
+            await clock.wait_until(clock.now() + 0.05)
+        await clock.wait_until(clock.now() + 1.0)
+        agent.send(Interrupt(clock.now()))
+
+    agent, _, _ = converse([(0.5, 0)], answer=lambda m: LONG_REPLY, during=during)
+    (interruption,) = of(agent, Interruption)
+    assert interruption.reason == "command"
+    cut = of(agent, PlaybackFinished)[0]
+    assert cut.interrupted and 2 <= len(cut.heard_text.split()) <= 4
+
+
+def test_muted_microphone_is_not_heard_until_unmuted():
+    async def during(agent, clock):
+        agent.send(Mute(clock.now()))
+        await clock.wait_until(3.5)
+        agent.send(Unmute(clock.now()))
+
+    agent, voice, _ = converse([(0.5, 0), (4.0, 3)], during=during)
+    assert [e.text for e in of(agent, EndOfTurn)] == [SCRIPT.texts[3]]
+    assert len(voice.prompts) == 1
+
+
+class BrokenVoice(FakeVoice):
+    def reply(self, messages, cancel):
+        self.prompts.append(messages)
+        if len(self.prompts) == 1:
+            return self._fail()
+        return super().reply(messages, cancel)
+
+    async def _fail(self):
+        raise RuntimeError("the voice fell over")
+        yield
+
+
+def test_a_failing_voice_is_reported_and_the_conversation_goes_on():
+    agent, voice, _ = converse([(0.5, 0), (4.0, 3)], voice_cls=BrokenVoice)
+    (error,) = of(agent, ErrorEvent)
+    assert error.component == "voice" and "fell over" in error.message
+    assert len(of(agent, ReplyFinished)) == 2
+    assert of(agent, PlaybackFinished)[-1].heard_text == SHORT_REPLY
+
+
+def test_heard_text_counts_whole_words_of_the_segment_being_played():
+    segments = [Segment(0.0, 1.0, " one two"), Segment(1.0, 2.0, " three four five six")]
+    assert heard_text(segments, 0.0) == ""
+    assert heard_text(segments, 0.6) == "one"
+    assert heard_text(segments, 1.0) == "one two"
+    assert heard_text(segments, 1.5) == "one two three four"
+    assert heard_text(segments, 9.0) == "one two three four five six"
+
+
+def test_history_is_trimmed_oldest_first_keeping_the_system_prompt():
+    history = History("system prompt", max_tokens=60)
+    for i in range(100):
+        history.add_user(f"question number {i} about something")
+        history.add_reply(f"answer number {i}", interrupted=i % 7 == 0)
+    assert history.tokens <= 60
+    chat = history.chat()
+    assert chat[0] == {"role": "system", "content": "system prompt"}
+    assert chat[1]["role"] == "user" and chat[-1]["content"] in ("answer number 99",)
+    assert history.dropped > 150 and len(history.messages) < 12
+
+
+def echo_conversation(guard, barge_at=None):
+    from agent.echo import EchoCancelledSource, EchoCanceller
+
+    clock = VirtualClock()
+    pieces = [(0.5, SCRIPT.speech(0))] + ([(barge_at, SCRIPT.speech(1))] if barge_at else [])
+    mic = VirtualMicrophone(clock, pieces, tail_s=8.0)
+    speaker = VirtualSpeaker(clock)
+    mic.hear_speaker(speaker, delay_s=0.06, gain=0.5)  # the agent's voice reaches the microphone
+    source = EchoCancelledSource(mic, EchoCanceller(speaker.render)) if guard else mic
+    voice = FakeVoice(clock, lambda m: LONG_REPLY if len(m) == 2 else "ok")
+    agent = Agent(tone_listener(SCRIPT), voice, speaker, clock, History("s"))
+    asyncio.run(agent.run(source))
+    return agent
+
+
+def test_the_agents_own_echo_does_not_barge_in():
+    unguarded = echo_conversation(guard=False)
+    assert of(unguarded, Interruption)  # without the canceller the agent interrupts itself
+    agent = echo_conversation(guard=True)
+    assert not of(agent, Interruption)
+    (finished,) = of(agent, PlaybackFinished)
+    assert not finished.interrupted and finished.heard_text == LONG_REPLY
+    assert [e.text for e in of(agent, EndOfTurn)] == [SCRIPT.texts[0]]  # nor is it heard as a user turn
+
+
+def test_the_user_still_barges_in_over_the_echo():
+    barge_at = speech_end(0.5, 0) + 2.0
+    agent = echo_conversation(guard=True, barge_at=barge_at)
+    (interruption,) = of(agent, Interruption)
+    assert barge_at <= interruption.speech_start <= barge_at + 0.064
+    assert [e.text for e in of(agent, EndOfTurn)] == [SCRIPT.texts[0], SCRIPT.texts[1]]

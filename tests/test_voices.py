@@ -1,0 +1,83 @@
+"""The cascade baseline's parts on the real SmolLM2 and Piper voice."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from agent.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+QUESTION = [
+    {"role": "system", "content": Settings().agent.system_prompt},
+    {"role": "user", "content": "What is the capital of France?"},
+]
+
+
+@pytest.fixture(scope="module")
+def backbone(one_torch_thread):
+    from model.backbone import load_backbone
+
+    return load_backbone()
+
+
+@pytest.fixture(scope="module")
+def streamer(backbone):
+    from agent.voices import TextStreamer
+
+    return TextStreamer(backbone, max_new_tokens=24)
+
+
+def test_streamed_text_is_hugging_face_greedy_decoding(backbone, streamer):
+    import torch
+
+    streamer._prefix = None
+    text = "".join(streamer.stream(QUESTION, threading.Event()))
+    ids = streamer.prompt_ids(QUESTION)
+    with torch.inference_mode():
+        out = backbone.model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False)
+    expected = backbone.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+    assert text == expected
+    assert "Paris" in text  # the default system prompt keeps the answer short and on topic
+
+
+def test_the_reused_prefix_cache_gives_the_same_reply_as_a_fresh_one(streamer):
+    follow = [*QUESTION, {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And of Italy?"}]
+    streamer._prefix = None
+    list(streamer.stream(QUESTION, threading.Event()))  # leaves the first prompt's cache behind
+    reused = "".join(streamer.stream(follow, threading.Event()))
+    streamer._prefix = None
+    fresh = "".join(streamer.stream(follow, threading.Event()))
+    assert reused == fresh and reused
+
+
+def test_cancel_stops_the_text_at_the_next_token(streamer):
+    cancel = threading.Event()
+    pieces = []
+    for piece in streamer.stream(QUESTION, cancel):
+        pieces.append(piece)
+        cancel.set()
+    assert len(pieces) == 1
+
+
+def test_cascade_voices_the_text_as_it_is_written(streamer, teacher):
+    from agent.voices import CascadeVoice
+    from model.talker import AudioChunk, TextDelta
+
+    voice = CascadeVoice(streamer, teacher)
+
+    async def run():
+        return [out async for out in voice.reply(QUESTION, threading.Event())]
+
+    outputs = asyncio.run(run())
+    assert isinstance(outputs[0], TextDelta)
+    audio = [o for o in outputs if isinstance(o, AudioChunk)]
+    assert audio and all(o.sample_rate == 16_000 and len(o.samples) for o in audio)
+    text = "".join(o.text for o in outputs if isinstance(o, TextDelta))
+    seconds = sum(len(o.samples) for o in audio) / 16_000
+    assert 0.2 * len(text.split()) < seconds < 1.0 * len(text.split())  # about a word every 0.3-0.5 s
+    assert np.isfinite(np.concatenate([o.samples for o in audio])).all()
