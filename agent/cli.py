@@ -268,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gap-s", type=float, default=9.0, help="with --turns: silence after each question")
     p.add_argument("--png", metavar="FILE", help="with --turns: plot voice-to-voice latency per turn")
     p.add_argument("--cases", type=int, default=0, help="turn: first N of each held-out set; real: N prompts (80)")
+    p.add_argument("--offline", action="store_true", help="turn, real: hear each case from its parts (CPU-time bounds)")
 
     # nested commands ("ttt data synth", "ttt train codec"...): one group parser per first word
     groups: dict[str, argparse._SubParsersAction] = {}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,8 @@ class CaseResult:
     end: float  # speech end of the whole case
     candidates: list[tuple[float, float, float, float | None]]  # (speech end, ready, P, next speech start)
     turn_times: list[float]  # end_of_turn times the listener gave inside (start, next case)
-    texts: list[str]  # their transcripts
+    texts: list[str]  # their transcripts (from parts: the transcript of the whole case)
+    scored: list[str] = field(default_factory=list)  # from parts: the transcript at each candidate
 
     @property
     def cut_off(self) -> bool:
@@ -109,6 +110,73 @@ def hear_sets(
         if own:
             listener.close()
     return split_cases(pause_events, pause_spans), split_cases(complete_events, complete_spans)
+
+
+SPECULATE_S = 0.064  # the listener decodes and scores the turn so far after this much silence (agent/listen.py)
+
+
+def score_parts(
+    cases: Sequence[Sequence[np.ndarray]],
+    pauses: Sequence[Sequence[float]],
+    asr,
+    scorers: dict,  # noqa: ANN001
+) -> dict[str, list[CaseResult]]:
+    """Cases heard from their parts, without the listener's clock: for each scorer, a CaseResult per case.
+
+    A case is its speech segments (16 kHz) with ``pauses[i]`` seconds between them. After each segment
+    the audio so far is decoded by ``asr`` and its sure words scored by every scorer, as the listener
+    does at a speech end; a candidate is ready ``SPECULATE_S`` plus the CPU time of that decode and
+    score after the segment's end. CPU time (all threads) bounds the wall time an idle machine would
+    take, so the figures do not depend on what else the machine runs.
+    """
+    import time
+
+    from audio_io.frames import SAMPLE_RATE
+
+    results: dict[str, list[CaseResult]] = {name: [] for name in scorers}
+    lead = np.zeros(int(0.3 * SAMPLE_RATE), np.float32)  # the listener's pre-roll before the speech start
+    tail = np.zeros(int(0.1 * SAMPLE_RATE), np.float32)
+    for segments, gaps in zip(cases, pauses, strict=True):
+        audio, t = [lead], 0.0
+        candidates: dict[str, list] = {name: [] for name in scorers}
+        texts = []
+        for i, segment in enumerate(segments):
+            audio.append(segment)
+            t += len(segment) / SAMPLE_RATE
+            started = time.process_time()
+            text = asr.decode(np.concatenate([*audio, tail])).confident
+            decode_s = time.process_time() - started
+            texts.append(text)
+            nxt = t + gaps[i] if i < len(gaps) else None
+            for name, scorer in scorers.items():
+                started = time.process_time()
+                p = scorer.probability(text) if text else 0.0
+                ready = t + SPECULATE_S + decode_s + time.process_time() - started
+                candidates[name].append((t, ready, p, nxt))
+            if nxt is not None:
+                audio.append(np.zeros(int(gaps[i] * SAMPLE_RATE), np.float32))
+                t = nxt
+        for name in scorers:
+            results[name].append(CaseResult(0.0, t, candidates[name], [], [text], texts))
+    return results
+
+
+def speech_segments(audio: np.ndarray, vad) -> tuple[list[np.ndarray], list[float]]:  # noqa: ANN001 - StreamingVad
+    """``audio`` cut at the pauses ``vad`` hears inside it: the segments (speech ends), and the pauses."""
+    from audio_io.frames import SAMPLE_RATE, AudioFrame
+
+    vad.reset()
+    events = vad.process(AudioFrame(audio, 0.0)) + vad.flush()
+    ends = [e.t for e in events if e.kind == "speech_end"]
+    starts = [e.t for e in events if e.kind == "speech_start"]
+    cuts = [(end, nxt) for end in ends[:-1] for nxt in [min((s for s in starts if s > end), default=None)] if nxt]
+    segments, pauses, previous = [], [], 0
+    for end, nxt in cuts:
+        segments.append(audio[previous : int(end * SAMPLE_RATE)])
+        pauses.append(nxt - end)
+        previous = int(nxt * SAMPLE_RATE)
+    segments.append(audio[previous:])
+    return segments, pauses
 
 
 def replay(case: CaseResult, wait) -> tuple[bool, float | None]:  # noqa: ANN001 - wait: P -> seconds

@@ -88,3 +88,30 @@ def test_curve_png(tmp_path):
     path = tmp_path / "curve.png"
     plot_curves({"zero_shot": [(0.3, 250), (0.0, 900)], "trained": [(0.0, 260)]}, path, {"trained": (260, 0.0)})
     assert Image.open(path).size == (720, 460)
+
+
+def test_score_parts_decodes_after_each_part_and_charges_its_cpu_time():
+    import numpy as np
+
+    from agent.turn_eval import score_parts
+
+    class WordsAsr:  # one word per 0.5 s of loud audio
+        def decode(self, audio):
+            from types import SimpleNamespace
+
+            words = int(np.sum(np.abs(audio) > 0.1) / 8000)
+            return SimpleNamespace(confident=" ".join(["word"] * words))
+
+    class Length:  # P(end) grows with the number of words
+        def probability(self, text):
+            return min(1.0, len(text.split()) / 4)
+
+    loud = np.full(16000, 0.5, np.float32)  # 1 s: two words
+    results = score_parts([[loud, loud]], [[0.8]], WordsAsr(), {"length": Length()})
+    (case,) = results["length"]
+    assert case.scored == ["word word", "word word word word"] and case.texts == ["word word word word"]
+    (end1, ready1, p1, next1), (end2, ready2, p2, next2) = case.candidates
+    assert (end1, next1, p1) == (1.0, 1.8, 0.5) and (end2, next2, p2) == (pytest.approx(2.8), None, 1.0)
+    assert 1.064 <= ready1 < 1.5 and case.end == pytest.approx(2.8)
+    # A wait shorter than the 0.8 s pause cuts the case after its first part.
+    assert replay(case, lambda p: 0.5)[0] and not replay(case, lambda p: 0.2 if p == 1.0 else 2.0)[0]
