@@ -159,38 +159,17 @@ def _train_head(run: Path, x: np.ndarray, rows: list[dict], config: TrainTurnCon
 
 
 def _choose_policy(run: Path, settings, head) -> tuple[dict, dict]:  # noqa: ANN001 - Settings, TurnHead
-    """Voice the dev sets, decode and score them as the listener would; pick the policy from the grid.
-
-    The fragments are voiced alone by the teacher and transcribed by whisper (which may rewrite
-    them: "Remind me to" -> "Remind me too."), so the policy sees what the listener will see.
-    """
-    import soxr
-
-    from agent.asr import WhisperAsr
+    """Score the dev fragments (with whisper's full stop) and complete turns; pick the policy from the grid."""
     from agent.turn_detector import EndOfTurnModel
-    from agent.turn_eval import choose_policy, score_parts
+    from agent.turn_eval import choose_policy
     from model.backbone import load_backbone
-    from training.teacher import teacher_voice, trim_silence
     from training.turn_data import dev_sets
 
     backbone = load_backbone(settings.assets.llm, settings.assets.cache_dir, settings.device)
     model = EndOfTurnModel(backbone, settings.turn.system_prompt, quantize=settings.turn.quantize, head=head)
-    voice = teacher_voice(settings.assets.piper_voice, steady=True)
-    asr = WhisperAsr(settings.asr, settings.assets.whisper)
-
-    def voiced(text: str) -> np.ndarray:
-        audio = trim_silence(voice.speak(text).samples)
-        return soxr.resample(audio, voice.sample_rate, 16_000).astype(np.float32)
-
     pauses, completes = dev_sets()
-    heard = score_parts(
-        [[voiced(f)] for f, _ in pauses] + [[voiced(t)] for t in completes],
-        [[]] * (len(pauses) + len(completes)),
-        asr,
-        {"m": model},
-    )
-    ps = [case.candidates[-1][2] for case in heard["m"]]
-    policy, figures = choose_policy(ps[: len(pauses)], ps[len(pauses) :])
+    fragments = [model.probability(f + ".") for f, _ in pauses]
+    policy, figures = choose_policy(fragments, [model.probability(t) for t in completes])
     (run / "policy.json").write_text(json.dumps({"policy": policy, "dev": figures}, indent=1) + "\n")
     log.info("policy %s: dev %s", policy, figures)
     return policy, figures
