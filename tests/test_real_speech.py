@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import statistics
-
 import pytest
 
 from agent.bench import listen_file
 from agent.real_speech import INSTALL_HINT, SOUNDS, TEXTS, choose_prompts, load_prompt, read_prompts, write_prompts
 from agent.settings import Settings
-from agent.turn_eval import CASE_GAP_S, split_cases
+from agent.turn_eval import CASE_GAP_S
 from training.wer import word_error_rate
 
 pytestmark = pytest.mark.skipif(
@@ -36,9 +34,12 @@ def test_a_handful_of_real_prompts_each_end_one_turn(tmp_path):
         result = listen_file(listener, tmp_path / "real.wav")
     finally:
         listener.close()
-    cases = split_cases(result.events, spans)
-    seen = [(p.text, c.texts, c.latency) for p, c in zip(prompts, cases, strict=True)]
-    assert all(c.latency is not None for c in cases), seen  # every prompt ends a turn...
-    assert not any(c.cut_off for c in cases), seen  # ...and none is cut before its end
-    assert word_error_rate([p.text for p in prompts], [" ".join(c.texts) for c in cases]) <= 0.15, seen
-    assert statistics.median(c.latency for c in cases) < 0.5, seen
+    # One end of turn per prompt, in order (a cut-off would add one, a merge remove one); timings are
+    # the benchmark's business (they follow the machine's load), so turns are matched by order.
+    turns = result.turns
+    seen = [(p.text, t.text) for p, t in zip(prompts, turns, strict=False)]
+    assert len(turns) == len(prompts), seen
+    for prompt, turn, (_, end) in zip(prompts, turns, spans, strict=True):
+        assert word_error_rate([prompt.text], [turn.text]) <= 0.3, seen
+        assert turn.t > end  # never before the prompt's speech is over
+    assert word_error_rate([p.text for p in prompts], [t.text for t in turns]) <= 0.15, seen
