@@ -58,3 +58,15 @@ def test_eval_sets_are_big_enough_and_well_formed(tmp_path):
     bad.write_text("a fragment without its continuation\n")
     with pytest.raises(ValueError, match="fragment \\| continuation"):
         read_pause_cases(bad)
+
+
+def test_comma_clauses_are_heldout_prefixes_as_whisper_writes_them():
+    from training.synth import read_sentence_file
+    from training.turn_data import HELDOUT_SENTENCES, comma_clauses
+
+    sentences = read_sentence_file(HELDOUT_SENTENCES, "held-out sentence file")
+    clauses = comma_clauses()
+    assert len(clauses) >= 40
+    for clause in clauses:
+        assert clause.endswith(".") and len(clause.split()) >= 3
+        assert any(s.startswith(clause[:-1] + ",") for s in sentences), clause

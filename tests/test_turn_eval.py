@@ -4,6 +4,8 @@ import pytest
 
 from agent.events import EndOfTurn, SpeechEnded, SpeechStarted, TurnScored
 from agent.turn_eval import (
+    COMMA_KEEP_SHARE,
+    COMMA_WAIT_S,
     MAX_PAUSE_S,
     CaseResult,
     choose_policy,
@@ -73,7 +75,23 @@ def test_choose_policy_keeps_fragments_waiting_and_completes_fast():
     assert figures["shortest_fragment_wait_ms"] >= 1800
     # A fragment scored like the completes cannot be kept waiting by any policy of the grid.
     with pytest.raises(ValueError, match="no wait policy"):
-        choose_policy([0.95], completes)
+        choose_policy([0.99], completes)
+
+
+def test_choose_policy_keeps_most_comma_clauses_waiting():
+    from agent.turn_detector import TurnDetector
+
+    fragments, completes = [0.001, 0.03], [0.99, 0.995, 0.98, 0.999, 0.1]
+    commas = [0.3, 0.45, 0.6, 0.99]
+    free, _ = choose_policy(fragments, completes)
+    assert TurnDetector(None, **free).required_silence(0.45) < COMMA_WAIT_S  # without them: a short wait
+    policy, figures = choose_policy(fragments, completes, commas)
+    wait = TurnDetector(None, **policy).required_silence
+    assert figures["comma_clauses_kept"] >= COMMA_KEEP_SHARE * len(commas)
+    assert sum(wait(p) >= COMMA_WAIT_S for p in commas) == figures["comma_clauses_kept"] >= 3
+    assert figures["complete_wait_p50_ms"] == policy["min_silence_ms"]
+    # A clause scored as surely complete as every complete turn is left to end early.
+    assert wait(0.99) < COMMA_WAIT_S
 
 
 def test_pareto_front():

@@ -223,3 +223,18 @@ def dev_sets(count: int = 40, seed: int = 1) -> tuple[list[tuple[str, str]], lis
             break
     completes = lines[: count - 12] + read_turns(TURN_DEV_TURNS)
     return pauses, completes
+
+
+def comma_clauses(min_words: int = 3) -> list[str]:
+    """Each held-out sentence cut at each comma inside it (at least ``min_words`` before it).
+
+    Written as whisper writes a clause heard up to its comma pause: with a full stop. Dev data for
+    the wait policy, never for training (the filter keeps held-out sentences out).
+    """
+    clauses = []
+    for sentence in read_sentence_file(HELDOUT_SENTENCES, "held-out sentence file"):
+        words = sentence.split()
+        for i, word in enumerate(words[:-1]):
+            if word.endswith(",") and i + 1 >= min_words:
+                clauses.append(" ".join(words[: i + 1]).rstrip(",") + ".")
+    return clauses
