@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.events import EndOfTurn, HearingEvent
+from agent.events import EndOfTurn, HearingEvent, TurnResumed
 from agent.listen import Listener
 from agent.settings import Settings
 from training.wer import normalise_text, wer_gap, word_error_rate
@@ -72,7 +72,8 @@ class ListenResult:
     events: list[HearingEvent]  # every event, in order
     wall_s: float  # wall time of the pass (models already loaded)
     audio_s: float  # duration of the file
-    turns: list[EndOfTurn] = field(default_factory=list)  # the end_of_turn events
+    turns: list[EndOfTurn] = field(default_factory=list)  # the turns taken: end_of_turn events not resumed
+    resumed: list[EndOfTurn] = field(default_factory=list)  # end_of_turn events the user's speech then resumed
 
     @property
     def rtf(self) -> float:
@@ -89,8 +90,10 @@ async def _listen_file(listener: Listener, path: str | Path) -> ListenResult:
     async for event in listener.events(source):
         events.append(event)
     wall = time.perf_counter() - started
-    turns = [e for e in events if isinstance(e, EndOfTurn)]
-    return ListenResult(events, wall, source.duration, turns)
+    ends = [e for e in events if isinstance(e, EndOfTurn)]
+    resumed_at = {e.ended_at for e in events if isinstance(e, TurnResumed)}
+    turns = [e for e in ends if e.t not in resumed_at]
+    return ListenResult(events, wall, source.duration, turns, [e for e in ends if e.t in resumed_at])
 
 
 def listen_file(listener: Listener, path: str | Path) -> ListenResult:
@@ -135,6 +138,7 @@ def bench_listen(settings: Settings, repeats: int = 3, out: Path | None = Path("
                 runs.append(
                     {
                         "turns": len(result.turns),
+                        "resumed": len(result.resumed),
                         "wer": word_error_rate(BENCH_SENTENCES, [t.text for t in result.turns]),
                         "latency_ms": 1000 * statistics.median(latencies) if latencies else float("nan"),
                         "latency_max_ms": 1000 * max(latencies) if latencies else float("nan"),
@@ -149,6 +153,7 @@ def bench_listen(settings: Settings, repeats: int = 3, out: Path | None = Path("
         "bench": "listen",
         "repeats": len(runs),
         "turns": statistics.median(r["turns"] for r in runs),
+        "resumed": statistics.median(r["resumed"] for r in runs),  # ends of turn the speech that followed took back
         "wer": statistics.median(r["wer"] for r in runs),
         "latency_ms": statistics.median(r["latency_ms"] for r in runs),
         "latency_max_ms": statistics.median(r["latency_max_ms"] for r in runs),
@@ -160,7 +165,8 @@ def bench_listen(settings: Settings, repeats: int = 3, out: Path | None = Path("
         "load_avg_1m": round(os.getloadavg()[0], 2),  # other work on the machine inflates latency
     }
     rows = [
-        ("end_of_turn events (12 sentences)", f"{summary['turns']:.0f}", "= 12"),
+        ("turns taken (12 sentences)", f"{summary['turns']:.0f}", "= 12"),
+        ("ends of turn resumed by the speech after them", f"{summary['resumed']:.0f}", ""),
         ("WER", f"{100 * summary['wer']:.1f}%", "<= 8%"),
         ("median end-of-turn latency", f"{summary['latency_ms']:.0f} ms", "<= 500 ms"),
         ("max end-of-turn latency", f"{summary['latency_max_ms']:.0f} ms", ""),
@@ -235,7 +241,7 @@ SCORERS = ("zero_shot", "trained")  # the turn.scorer values the turn benchmark 
 
 def _bench_turn_sets(settings: Settings, out: Path | None, cases: int = 0) -> dict:
     """Each scorer, with its own wait policy, on the held-out sets voiced by the teacher."""
-    from agent.turn_eval import curve, hear_sets, plot_curves, summarize
+    from agent.turn_eval import curve, hear_sets, plot_curves, policy_table, summarize
     from training.turn_data import read_pause_cases, read_turns
 
     pauses, completes = read_pause_cases(), read_turns()
@@ -271,6 +277,7 @@ def _bench_turn_sets(settings: Settings, out: Path | None, cases: int = 0) -> di
         ]
         results[scorer] = heard
         curves[scorer] = curve(pause_results, complete_results)
+        heard["policies"] = policy_table(pause_results, complete_results)
         marks[scorer] = (heard["latency_p50_ms"], heard["false_cutoff_rate"])
         print(
             f"{scorer:10s} false cut-offs {heard['false_cutoffs']}/{heard['pause_cases']}, complete turns "
@@ -305,11 +312,9 @@ def _policy(detector) -> dict:  # noqa: ANN001 - agent.turn_detector.TurnDetecto
 
 def _bench_turn_parts(settings: Settings, out: Path | None, cases: int = 0) -> dict:
     """The held-out sets heard from their parts (voiced, decoded, scored once per scorer) and replayed."""
-    import soxr
-
     from agent.asr import WhisperAsr
-    from agent.turn_eval import curve, pause_lengths, plot_curves, replay, score_parts, summarize
-    from training.teacher import teacher_voice, trim_silence
+    from agent.turn_eval import curve, pause_lengths, plot_curves, policy_table, replay, score_parts, summarize
+    from training.teacher import teacher_voice, voiced_16k
     from training.turn_data import read_pause_cases, read_turns
 
     pauses, completes = read_pause_cases(), read_turns()
@@ -318,8 +323,7 @@ def _bench_turn_parts(settings: Settings, out: Path | None, cases: int = 0) -> d
     voice = teacher_voice(settings.assets.piper_voice, steady=True)
 
     def voiced(text: str) -> np.ndarray:
-        audio = trim_silence(voice.speak(text).samples)
-        return soxr.resample(audio, voice.sample_rate, 16_000).astype(np.float32)
+        return voiced_16k(voice, text)
 
     asr = WhisperAsr(settings.asr, settings.assets.whisper)
     detectors = _scorers(settings)
@@ -349,6 +353,7 @@ def _bench_turn_parts(settings: Settings, out: Path | None, cases: int = 0) -> d
         ]
         results[scorer] = figures
         curves[scorer] = curve(p, c)
+        figures["policies"] = policy_table(p, c)
         marks[scorer] = (figures["latency_p50_ms"], figures["false_cutoff_rate"])
         print(
             f"{scorer:10s} false cut-offs {figures['false_cutoffs']}/{figures['pause_cases']}, latency p50 "
@@ -370,21 +375,18 @@ def _pauses(n: int) -> list[float]:
 
 def _bench_turn_scores(settings: Settings, repeats: int) -> dict:
     """Each scoring on the teacher's complete vs unfinished phrases as whisper heard them, and its speed."""
-    import soxr
-
     from agent.asr import WhisperAsr
     from agent.turn_detector import EndOfTurnModel
     from model.backbone import load_backbone
     from model.turn_head import load_head
-    from training.teacher import teacher_voice, trim_silence
+    from training.teacher import teacher_voice, voiced_16k
 
     backbone = load_backbone(settings.assets.llm, settings.assets.cache_dir, settings.device)
     asr = WhisperAsr(settings.asr, settings.assets.whisper)
     voice = teacher_voice(settings.assets.piper_voice)
 
     def heard(text: str) -> str:
-        audio = trim_silence(voice.speak(text).samples)
-        return asr.transcribe(soxr.resample(audio, voice.sample_rate, 16_000).astype(np.float32))
+        return asr.transcribe(voiced_16k(voice, text))
 
     complete = [heard(t) for t in COMPLETE_PHRASES]
     unfinished = [heard(t) for t in UNFINISHED_PHRASES]

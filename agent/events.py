@@ -105,6 +105,18 @@ class EndOfTurn(HearingEvent):
     likelihood: float  # the recognizer's confidence in ``text`` (whisper: exp of its mean token log-probability)
 
 
+@dataclass(frozen=True)
+class TurnResumed(HearingEvent):
+    """The user spoke again soon after an end of turn: that turn goes on (``t``: the speech start).
+
+    A reply to it that has not been heard yet is stale; the next end_of_turn's text is the whole turn.
+    """
+
+    kind: ClassVar[str] = "turn_resumed"
+    text: str  # the transcript the ended turn had: the start of the turn that goes on
+    ended_at: float  # when that end of turn was declared
+
+
 # --- the agent -----------------------------------------------------------------------------------
 
 

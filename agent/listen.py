@@ -4,6 +4,9 @@ One asyncio loop consumes the source. Partial transcripts are decoded on a worke
 the user speaks. When the VAD says speech ended, the final transcript and P(end of turn) are
 computed at once (speculatively: the user may go on), and the turn ends when the silence since
 the speech end reaches what that probability requires. Speech resuming first continues the turn.
+Speech resuming soon after the end (within ``resume_s`` of the speech end) continues it too, with
+a ``turn_resumed`` event: a clause that reads as a whole sentence ("We ran out of milk,") is often
+followed after a comma pause by the rest, and the agent drops a reply the user has not heard yet.
 
 Time: every event is stamped on the source clock. A file read faster than real time must not
 flatter latency, so compute on the critical path (final decode + P(end of turn)) is awaited
@@ -23,7 +26,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from agent.asr import Recognizer, StreamingTranscriber
-from agent.events import EndOfTurn, HearingEvent, PartialTranscript, SpeechEnded, SpeechStarted, TurnScored
+from agent.events import (
+    EndOfTurn,
+    HearingEvent,
+    PartialTranscript,
+    SpeechEnded,
+    SpeechStarted,
+    TurnResumed,
+    TurnScored,
+)
 from agent.settings import Settings
 from agent.turn_detector import TurnDetector, build_turn_detector
 from audio_io.frames import AudioFrame
@@ -90,11 +101,19 @@ class Listener:
     :meth:`from_settings`; tests inject scripted ones.
     """
 
-    def __init__(self, vad: StreamingVad, asr: Recognizer, turns: TurnDetector, partial_interval_ms: int = 300):
+    def __init__(
+        self,
+        vad: StreamingVad,
+        asr: Recognizer,
+        turns: TurnDetector,
+        partial_interval_ms: int = 300,
+        resume_s: float = 0.0,
+    ):
         self.vad = vad
         self.asr = asr
         self.turns = turns
         self.partial_interval_ms = partial_interval_ms  # new speech between partial re-decodes
+        self.resume_s = resume_s  # speech starting this soon after an ended turn's speech end continues it
         self._eot_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ttt-eot")
 
     @classmethod
@@ -109,7 +128,7 @@ class Listener:
         asr = WhisperAsr(s.asr, s.assets.whisper)
         backbone = load_backbone(s.assets.llm, s.assets.cache_dir, s.device)
         turns = build_turn_detector(s.turn, backbone)
-        return cls(vad, asr, turns, s.asr.partial_interval_ms)
+        return cls(vad, asr, turns, s.asr.partial_interval_ms, s.turn.resume_ms / 1000)
 
     async def events(self, source: AudioSource) -> AsyncIterator[HearingEvent]:
         """Hear ``source`` until it ends, yielding speech edges, partials and ends of turn."""
@@ -126,6 +145,15 @@ class Listener:
     def close(self) -> None:
         """Stop the worker threads."""
         self._eot_worker.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass(frozen=True)
+class _Ended:
+    """A turn that ended, while speech starting again would still continue it."""
+
+    speech_end: float  # its last speech end (source clock)
+    text: str  # its transcript
+    at: float  # when its end of turn was declared
 
 
 class TurnTracker:
@@ -145,14 +173,19 @@ class TurnTracker:
         self.silence_seen = 0.0  # the VAD's silence run when last looked at (to see it cross SPECULATE_S)
         self.candidate_ready: float | None = None  # fast mode: source time a speculative final (+ score) was ready
         self.last_partial = ""
+        self.ended: _Ended | None = None  # the last turn, while speech starting again would continue it
 
     async def frame(self, frame: AudioFrame) -> AsyncIterator[HearingEvent]:
         """Feed one frame."""
         self.last_end = frame.end
         vad_events = self.vad.process(frame)
-        if self.in_turn:
+        ended = self.ended
+        if ended is not None and frame.end - ended.speech_end > self.listener.resume_s and not self.vad.speaking:
+            self.ended = None  # too late to go on (and nothing the VAD might still confirm): start afresh
+            self.transcriber.reset()
+        if self.in_turn or self.ended is not None:
             self.transcriber.push(frame.samples)
-        else:
+        if not self.in_turn:
             self.preroll.append(frame)
         for vad_event in vad_events:
             async for event in self._vad_event(vad_event):
@@ -168,6 +201,14 @@ class TurnTracker:
 
     async def _vad_event(self, vad_event: VadEvent) -> AsyncIterator[HearingEvent]:
         if vad_event.kind == "speech_start":
+            ended = self.ended
+            if ended is not None and vad_event.t - ended.speech_end <= self.listener.resume_s:
+                self.ended = None
+                self.in_turn = True  # the transcriber still holds the turn's audio, silence included
+                self.preroll.clear()
+                yield SpeechStarted(vad_event.t)
+                yield TurnResumed(vad_event.t, ended.text, ended.at)
+                return
             if not self.in_turn:
                 self._start_turn(vad_event.t)
             self.pending = None  # the user goes on: same turn
@@ -178,6 +219,7 @@ class TurnTracker:
 
     def _start_turn(self, speech_start: float) -> None:
         self.in_turn = True
+        self.ended = None
         self.transcriber.reset()
         kept = [f for f in self.preroll if f.end > speech_start - PREROLL_S]
         self.turn_start = kept[0].t if kept else speech_start
@@ -256,17 +298,23 @@ class TurnTracker:
         if self.vad.speaking:
             return None  # speech seems to resume: let the VAD decide before cutting the turn
         t = self.clock.stamp(max(pending.deadline, pending.ready))
-        self._end_turn()
+        resumable = bool(pending.text) and self.listener.resume_s > 0
+        self._end_turn(keep_audio=resumable)
         if not pending.text:
             return None  # the VAD heard something whisper did not: a noise, not a turn
+        if resumable:
+            self.ended = _Ended(pending.end, pending.text, t)
         return EndOfTurn(t, pending.text, pending.probability, t - pending.end, pending.likelihood)
 
-    def _end_turn(self) -> None:
+    def _end_turn(self, keep_audio: bool = False) -> None:
+        """Close the turn; ``keep_audio`` keeps the transcriber's audio, for a turn that may yet go on."""
         self.in_turn = False
         self.candidate_ready = None
         self.last_partial = ""
         self.pending = None
-        self.transcriber.reset()
+        self.ended = None
+        if not keep_audio:
+            self.transcriber.reset()
 
     async def finish(self) -> AsyncIterator[HearingEvent]:
         """The source ended: a turn still open ends now."""

@@ -82,6 +82,7 @@ class TurnSettings:
     max_silence_ms: int | None = None  # silence that ends a turn whatever the transcript says
     eot_threshold: float | None = None  # P(end of turn) at or above which the short wait applies
     eot_hold: float | None = None  # P(end of turn) at or below which the long wait applies
+    resume_ms: int = 600  # speech starting this soon after an ended turn's last speech continues that turn
     system_prompt: str = "You are a helpful voice assistant. Answer briefly."  # prefix the EOT model sees
     quantize: bool = True  # score with an int8 copy of the LLM: 3-4x faster on CPU (benchmarks/listen.md)
 

@@ -25,9 +25,8 @@ CASE_GAP_S = 2.6  # silence between cases: longer than the longest wait (max_sil
 MAX_PAUSE_S = 1.5  # the longest pause inside a phrase the policy must wait through
 PAUSE_MARGIN_S = 0.3  # dev fragments must wait this much longer than MAX_PAUSE_S (the VAD hears pauses longer)
 # A clause before a comma often reads as a whole sentence ("We ran out of milk."), so no text scorer
-# can keep every one waiting without slowing real ends of turn; most of them must outlast a comma pause.
-COMMA_WAIT_S = 0.6  # the teacher's comma pause is about 0.42 s after the VAD's back-dated speech end
-COMMA_KEEP_SHARE = 2 / 3  # share of dev comma clauses a policy must keep waiting COMMA_WAIT_S
+# can wait through every comma pause without slowing real ends of turn; most of them it must.
+COMMA_KEEP_SHARE = 2 / 3  # share of dev sentences with commas a policy must not cut at a comma pause
 
 
 def pause_lengths(n: int, low: float = 0.5, high: float = 1.5) -> list[float]:
@@ -238,17 +237,18 @@ def _wait(policy: dict):  # noqa: ANN202 - P -> seconds
 
 
 def choose_policy(
-    fragments: Sequence[float], completes: Sequence[float], commas: Sequence[float] = ()
+    fragments: Sequence[float], completes: Sequence[CaseResult], commas: Sequence[CaseResult] = ()
 ) -> tuple[dict, dict]:
     """The policy of :func:`policy_grid` with the shortest waits on complete turns that keeps every fragment.
 
-    ``fragments``, ``completes`` and ``commas`` are P(end of turn) of a dev set's unfinished fragments,
-    complete turns and clauses cut at a comma inside a sentence. Every fragment must get a wait of at
-    least ``MAX_PAUSE_S`` plus a margin, so no pause up to 1.5 s cuts it, and at least
-    ``COMMA_KEEP_SHARE`` of the comma clauses a wait of ``COMMA_WAIT_S``; among those policies, the
-    lowest median wait on the complete turns wins, then the lowest mean wait. The waits depend on
-    the scores only, not on how busy the CPU was when they were computed. Returns the policy and its
-    dev figures; ValueError if no policy of the grid qualifies.
+    ``fragments`` are P(end of turn) of a dev set's unfinished fragments (as text); ``completes`` and
+    ``commas`` are dev complete turns and sentences with comma pauses, voiced and heard from their
+    parts (:func:`score_parts`), replayed under each policy. Every fragment must get a wait of at least
+    ``MAX_PAUSE_S`` plus a margin, so no pause up to 1.5 s cuts it, and at least ``COMMA_KEEP_SHARE``
+    of the comma sentences must not be cut at a comma; among those policies, the lowest median
+    latency on the complete turns wins, then the lowest mean. The waits depend on the scores and
+    the audio only, not on how busy the CPU was. Returns the policy and its dev figures; ValueError
+    if no policy of the grid qualifies.
     """
     best = None
     for policy in policy_grid():
@@ -256,40 +256,66 @@ def choose_policy(
         shortest = min((wait(p) for p in fragments), default=float("inf"))
         if shortest < MAX_PAUSE_S + PAUSE_MARGIN_S:
             continue
-        commas_kept = sum(wait(p) >= COMMA_WAIT_S for p in commas)
-        if commas_kept < COMMA_KEEP_SHARE * len(commas):
+        comma_cuts = sum(replay(case, wait)[0] for case in commas)
+        if len(commas) - comma_cuts < COMMA_KEEP_SHARE * len(commas):
             continue
-        waits = [wait(p) for p in completes]
-        key = (statistics.median(waits), statistics.mean(waits), -policy["eot_hold"])
+        latencies = [latency for case in completes for cut, latency in [replay(case, wait)] if not cut]
+        if len(latencies) < len(completes) or any(x is None for x in latencies):
+            continue
+        key = (statistics.median(latencies), statistics.mean(latencies), -policy["eot_hold"])
         if best is None or key < best[0]:
             figures = {
                 "fragments": len(fragments),
                 "shortest_fragment_wait_ms": round(1000 * shortest),
-                "comma_clauses": len(commas),
-                "comma_clauses_kept": commas_kept,
+                "comma_sentences": len(commas),
+                "comma_sentences_cut": comma_cuts,
                 "complete_turns": len(completes),
-                "complete_wait_p50_ms": round(1000 * key[0]),
-                "complete_wait_mean_ms": round(1000 * key[1]),
-                "complete_wait_p90_ms": round(1000 * float(np.percentile(waits, 90))),
-                "complete_short_wait_share": round(sum(w <= wait(1.0) for w in waits) / len(waits), 3),
+                "complete_latency_p50_ms": round(1000 * key[0]),
+                "complete_latency_mean_ms": round(1000 * key[1]),
+                "complete_latency_p90_ms": round(1000 * float(np.percentile(latencies, 90))),
             }
             best = (key, policy, figures)
     if best is None:
         raise ValueError(
             "no wait policy of the grid keeps every dev fragment waiting 1.8 s and "
-            f"{COMMA_KEEP_SHARE:.0%} of the comma clauses {COMMA_WAIT_S} s; the scores overlap"
+            f"{COMMA_KEEP_SHARE:.0%} of the comma sentences uncut; the scores overlap"
         )
     return best[1], best[2]
 
 
+def hear_dev_cases(settings, scorer) -> tuple[list[CaseResult], list[CaseResult]]:  # noqa: ANN001
+    """The dev complete turns and comma sentences, voiced by the steady teacher and heard from their parts.
+
+    A comma sentence is voiced whole and cut where the VAD hears its pauses, so each comma pause is
+    as long as the teacher makes it. ``scorer`` is the end-of-turn model being tuned.
+    """
+    from agent.asr import WhisperAsr
+    from audio_io.vad import SileroVad
+    from training.teacher import teacher_voice, voiced_16k
+    from training.turn_data import comma_sentences, dev_sets
+
+    voice = teacher_voice(settings.assets.piper_voice, steady=True)
+    asr = WhisperAsr(settings.asr, settings.assets.whisper)
+    vad = SileroVad.from_settings(settings)
+    _, completes = dev_sets()
+    voiced = [[voiced_16k(voice, t)] for t in completes]
+    heard_completes = score_parts(voiced, [[] for _ in completes], asr, {"s": scorer})
+    cut = [speech_segments(voiced_16k(voice, s), vad) for s in comma_sentences()]
+    heard_commas = score_parts([segments for segments, _ in cut], [gaps for _, gaps in cut], asr, {"s": scorer})
+    return heard_completes["s"], heard_commas["s"]
+
+
+def policy_table(pauses: list[CaseResult], completes: list[CaseResult]) -> list[dict]:
+    """Every grid policy replayed on the cases: the policy with its cut-offs and latencies."""
+    return [policy | summarize(pauses, completes, _wait(policy)) for policy in policy_grid()]
+
+
 def curve(pauses: list[CaseResult], completes: list[CaseResult]) -> list[tuple[float, float]]:
-    """(false cut-off rate, median latency in ms) of every grid policy, replayed; the Pareto front first."""
-    points = []
-    for policy in policy_grid():
-        figures = summarize(pauses, completes, _wait(policy))
-        if figures["latency_p50_ms"] is not None:
-            points.append((figures["false_cutoff_rate"], float(figures["latency_p50_ms"])))
-    return sorted(set(points))
+    """(false cut-off rate, median latency in ms) of every grid policy, replayed."""
+    rows = policy_table(pauses, completes)
+    return sorted(
+        {(r["false_cutoff_rate"], float(r["latency_p50_ms"])) for r in rows if r["latency_p50_ms"] is not None}
+    )
 
 
 def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -107,9 +107,11 @@ class ScriptedScorer:
         return 0.02 if self.unfinished(transcript) else 0.95
 
 
-def tone_listener(script: ToneScript, unfinished: Callable[[str], bool] = lambda text: False) -> Listener:
-    """A listener on the fakes, with the default VAD and turn settings."""
-    return Listener(EnergyVad(), ToneAsr(script), TurnDetector(ScriptedScorer(unfinished)))
+def tone_listener(
+    script: ToneScript, unfinished: Callable[[str], bool] = lambda text: False, resume_s: float = 0.0
+) -> Listener:
+    """A listener on the fakes, with the default VAD and turn settings (no resuming unless ``resume_s``)."""
+    return Listener(EnergyVad(), ToneAsr(script), TurnDetector(ScriptedScorer(unfinished)), resume_s=resume_s)
 
 
 def place(pieces: list[tuple[float, np.ndarray]], duration: float) -> np.ndarray:

@@ -60,13 +60,12 @@ def test_eval_sets_are_big_enough_and_well_formed(tmp_path):
         read_pause_cases(bad)
 
 
-def test_comma_clauses_are_heldout_prefixes_as_whisper_writes_them():
+def test_comma_sentences_have_a_comma_after_three_words():
     from training.synth import read_sentence_file
-    from training.turn_data import HELDOUT_SENTENCES, comma_clauses
+    from training.turn_data import HELDOUT_SENTENCES, comma_sentences
 
-    sentences = read_sentence_file(HELDOUT_SENTENCES, "held-out sentence file")
-    clauses = comma_clauses()
-    assert len(clauses) >= 40
-    for clause in clauses:
-        assert clause.endswith(".") and len(clause.split()) >= 3
-        assert any(s.startswith(clause[:-1] + ",") for s in sentences), clause
+    held_out = set(read_sentence_file(HELDOUT_SENTENCES, "held-out sentence file"))
+    sentences = comma_sentences()
+    assert len(sentences) >= 30 and set(sentences) <= held_out
+    for sentence in sentences:
+        assert "," in " ".join(sentence.split()[2:-1]), sentence

@@ -118,3 +118,11 @@ def trim_silence(samples: np.ndarray, threshold: float = 0.01) -> np.ndarray:
     if len(loud) == 0:
         return samples[:0]
     return samples[loud[0] : loud[-1] + 1]
+
+
+def voiced_16k(voice: TeacherVoice, text: str) -> np.ndarray:
+    """``text`` spoken by ``voice``, leading and trailing silence trimmed, at 16 kHz (what hearing takes)."""
+    import soxr
+
+    audio = trim_silence(voice.speak(text).samples)
+    return soxr.resample(audio, voice.sample_rate, 16_000).astype(np.float32)

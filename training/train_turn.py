@@ -5,9 +5,10 @@ Stages, each resumable from the run folder:
 2. features: the int8 backbone copy reads each example, as the listener does -> ``features/chunk_*.npz``
    (one chunk every ~30 s; a restarted run skips the finished chunks);
 3. head: a small MLP on the features, split by source sentence -> ``head.safetensors`` (+ ``head_state.pt``);
-4. policy: the head scores the dev fragments, comma clauses and complete turns (training/turn_data.py
-   ``dev_sets``, ``comma_clauses``); the wait policy with the shortest waits on complete turns that
-   keeps every fragment and most comma clauses waiting (agent/turn_eval.py ``choose_policy``) -> ``policy.json``.
+4. policy: the head scores the dev fragments as text, and the dev complete turns and sentences with
+   commas voiced by the teacher and heard from their parts (training/turn_data.py ``dev_sets``,
+   ``comma_sentences``); the wait policy with the shortest waits on complete turns that keeps every
+   fragment and most comma pauses (agent/turn_eval.py ``choose_policy``) -> ``policy.json``.
 ``--export DIR`` writes ``turn_head.safetensors`` and ``turn_head.json`` (weights, policy, figures).
 """
 
@@ -160,18 +161,18 @@ def _train_head(run: Path, x: np.ndarray, rows: list[dict], config: TrainTurnCon
 
 
 def _choose_policy(run: Path, settings, head) -> tuple[dict, dict]:  # noqa: ANN001 - Settings, TurnHead
-    """Score the dev fragments (with whisper's full stop), comma clauses and complete turns; pick the policy."""
+    """Score the dev fragments (text with whisper's full stop), hear the voiced dev cases; pick the policy."""
     from agent.turn_detector import EndOfTurnModel
-    from agent.turn_eval import choose_policy
+    from agent.turn_eval import choose_policy, hear_dev_cases
     from model.backbone import load_backbone
-    from training.turn_data import comma_clauses, dev_sets
+    from training.turn_data import dev_sets
 
     backbone = load_backbone(settings.assets.llm, settings.assets.cache_dir, settings.device)
     model = EndOfTurnModel(backbone, settings.turn.system_prompt, quantize=settings.turn.quantize, head=head)
-    pauses, completes = dev_sets()
+    pauses, _ = dev_sets()
     fragments = [model.probability(f + ".") for f, _ in pauses]
-    commas = [model.probability(c) for c in comma_clauses()]
-    policy, figures = choose_policy(fragments, [model.probability(t) for t in completes], commas)
+    completes, commas = hear_dev_cases(settings, model)
+    policy, figures = choose_policy(fragments, completes, commas)
     (run / "policy.json").write_text(json.dumps({"policy": policy, "dev": figures}, indent=1) + "\n")
     log.info("policy %s: dev %s", policy, figures)
     return policy, figures

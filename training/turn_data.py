@@ -225,16 +225,16 @@ def dev_sets(count: int = 40, seed: int = 1) -> tuple[list[tuple[str, str]], lis
     return pauses, completes
 
 
-def comma_clauses(min_words: int = 3) -> list[str]:
-    """Each held-out sentence cut at each comma inside it (at least ``min_words`` before it).
+def comma_sentences(min_words: int = 3) -> list[str]:
+    """Held-out sentences with a comma inside after at least ``min_words`` words.
 
-    Written as whisper writes a clause heard up to its comma pause: with a full stop. Dev data for
-    the wait policy, never for training (the filter keeps held-out sentences out).
+    Voiced whole, their comma pauses are the pauses a wait policy should mostly outlast: the
+    clause before one often reads as a whole sentence ("We ran out of milk."). Dev data for the
+    wait policy, never for training (the filter keeps held-out sentences out).
     """
-    clauses = []
+    out = []
     for sentence in read_sentence_file(HELDOUT_SENTENCES, "held-out sentence file"):
         words = sentence.split()
-        for i, word in enumerate(words[:-1]):
-            if word.endswith(",") and i + 1 >= min_words:
-                clauses.append(" ".join(words[: i + 1]).rstrip(",") + ".")
-    return clauses
+        if any(w.endswith(",") and i + 1 >= min_words for i, w in enumerate(words[:-1])):
+            out.append(sentence)
+    return out
