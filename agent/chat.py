@@ -63,7 +63,8 @@ def build_voice(settings: Settings, reply: str | None = None) -> tuple[Voice, st
         return CascadeVoice(TextStreamer(backbone, settings.agent.max_reply_tokens), teacher), reply, backbone.tokenizer
     from agent.voices import TalkerVoice
     from model.codec import load_codec
-    from model.talker import GenerationOptions, load_talker
+    from model.generate import GenerationOptions
+    from model.talker import load_talker
 
     codec = load_codec(settings.assets.codec, allow_untrained=True)
     talker, _ = load_talker(settings, codec, backbone)

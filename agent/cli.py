@@ -7,6 +7,7 @@ machine without (say) PortAudio can still run everything that does not touch a s
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from collections.abc import Callable
@@ -95,8 +96,8 @@ def _cmd_say(args: argparse.Namespace, settings: Settings) -> int:
 
     import soundfile as sf
 
+    from model.generate import GenerationOptions
     from model.say import load_for_say, say
-    from model.talker import GenerationOptions
 
     if not args.text.strip():
         raise UserError("nothing to say: give a non-empty TEXT")
@@ -129,8 +130,6 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     if args.what is None:
         raise UserError("say what to measure: listen, turn or say, or --turns N for whole conversations")
     if args.what == "say":  # the talker's benchmark lives model-side
-        import json
-
         from model.say import bench_say
 
         print(json.dumps(bench_say(settings, repeats=args.repeats)))
@@ -161,6 +160,35 @@ def _cmd_train_codec(args: argparse.Namespace, settings: Settings) -> int:
     from training.train_codec import run_train_codec
 
     return run_train_codec(args)
+
+
+def _cmd_data_align(args: argparse.Namespace, settings: Settings) -> int:
+    import torch
+
+    from training.align import align_corpus
+
+    torch.set_num_threads(args.threads)  # the command's own flag wins over settings.torch_threads
+    manifest = align_corpus(args.data, args.out)
+    print(json.dumps(manifest))
+    return 0
+
+
+def _cmd_train_talker(args: argparse.Namespace, settings: Settings) -> int:
+    from training.train_talker import run_train_talker
+
+    return run_train_talker(args, settings)
+
+
+def _cmd_eval_tts(args: argparse.Namespace, settings: Settings) -> int:
+    from training.eval_tts import run_eval_tts
+
+    return run_eval_tts(args, settings)
+
+
+def _cmd_eval_chat(args: argparse.Namespace, settings: Settings) -> int:
+    from training.eval_chat import run_eval_chat
+
+    return run_eval_chat(args, settings)
 
 
 def _cmd_codec_roundtrip(args: argparse.Namespace, settings: Settings) -> int:
@@ -256,6 +284,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--sentences", metavar="FILE", help="also voice these sentences (one per line) first, if not in the corpus yet"
     )
 
+    p = subcommand("data", "align", _cmd_data_align, "encode the corpus with the codec and align its word chunks")
+    p.add_argument("--data", default="data/corpus", help="corpus folder from `ttt data synth`")
+    p.add_argument("--out", default="data/aligned", help="aligned corpus folder (default: data/aligned)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (two stall each other on a busy box)")
+
+    p = subcommand("train", "talker", _cmd_train_talker, "train the unified transformer's voice (resumable)")
+    p.add_argument("--data", default="data/aligned", help="aligned corpus folder from `ttt data align`")
+    p.add_argument("--run", default="runs/talker", help="run folder: checkpoints, loss log and curve")
+    p.add_argument("--minutes", type=float, default=60.0, help="stop after this much training time")
+    p.add_argument("--steps", type=int, default=0, help="stop after this many steps (0 = by time only)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--limit", type=int, default=0, help="train on the first N clips only (the overfit gate)")
+    p.add_argument("--positions-per-step", type=int, default=0, help="real positions per step (0 = 2048)")
+    p.add_argument("--row-length", type=int, default=0, help="packed row length (0 = 512)")
+    p.add_argument("--lr", type=float, default=0.0, help="peak LoRA learning rate (0 = 3e-4)")
+    p.add_argument("--speech-lr", type=float, default=0.0, help="peak learning rate of the speech parts (0 = 1e-3)")
+    p.add_argument("--val-every", type=int, default=0, help="steps between validations (0 = 200)")
+    p.add_argument("--lora-rank", type=int, default=0, help="LoRA rank of a new run (0 = 32)")
+    p.add_argument("--save-every-s", type=float, default=0.0, help="seconds between resumable checkpoints (0 = 180)")
+
     p = subcommand("train", "codec", _cmd_train_codec, "train the speech codec (accelerate; resumable)")
     p.add_argument("--data", default="data/corpus", help="corpus folder from `ttt data synth`")
     p.add_argument("--run", default="runs/codec", help="run folder: checkpoints and loss log")
@@ -288,6 +336,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--griffin-lim", action="store_true", help="decode with Griffin-Lim, not the vocoder")
     p.add_argument("--no-timing", action="store_true", help="skip the real-time-factor measurements (faster)")
     p.add_argument("--transcripts", metavar="FILE", help="append per-sentence transcripts to FILE (JSON lines)")
+
+    p = subcommand("eval", "tts", _cmd_eval_tts, "talker WER (free-running and single-span) beside the teacher's")
+    p.add_argument(
+        "--checkpoint", metavar="PATH", nargs="+", help="talker safetensors, one or more (default: the shipped one)"
+    )
+    p.add_argument("--sentences", metavar="FILE", help="sentences (default: ../shared/eval/dev_sentences.txt)")
+    p.add_argument("--limit", type=int, default=0, help="use only the first N sentences (0 = all)")
+    p.add_argument("--transcripts", metavar="FILE", help="append per-sentence transcripts to FILE (JSON lines)")
+
+    p = subcommand("eval", "chat", _cmd_eval_chat, "chat accuracy of the talker beside its untouched backbone")
+    p.add_argument("--checkpoint", metavar="PATH", nargs="+", help="talker safetensors (default: the shipped one)")
+    p.add_argument("--questions", metavar="FILE", help="'question | keywords' lines (default: the shipped 50)")
+    p.add_argument("--answers", metavar="FILE", help="append every answer to FILE (JSON lines)")
     return parser
 
 

@@ -57,7 +57,7 @@ from agent.playback import Playout
 from agent.tools import CALL_CLOSE, CALL_OPEN, Toolbox, ToolCall, ToolResult, may_open_call, parse_tool_call
 from audio_io.sinks import AudioSink
 from audio_io.sources import AudioSource
-from model.talker import AudioChunk, TextDelta
+from model.generate import AudioChunk, TextDelta
 
 log = logging.getLogger("ttt.agent")
 

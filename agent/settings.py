@@ -85,14 +85,8 @@ class TurnSettings:
 class TalkerSettings:
     """The unified transformer's interleaving and sampling."""
 
-    text_chunk: int = 8  # N: text tokens per chunk
-    audio_chunk: int = 10  # M: audio frames (80 ms each) per span
-    first_text_chunk: int = 4  # N of the first chunk (smaller, so sound starts sooner)
-    first_audio_chunk: int = 3  # M of the first span
-    diffusion_steps: int = 4  # S: unmasking steps per audio span
+    diffusion_steps: int = 4  # S: unmasking passes per audio span (one span voices one chunk of 1-2 words)
     first_diffusion_steps: int = 2  # S of the first span: fewer passes before the first sound
-    max_last_span: int = 125  # cap on the final variable-length span (frames; 10 s)
-    frames_per_token: float = 4.0  # bound of the last span per reply token (the teacher speaks ~3)
     temperature: float = 0.0  # text sampling temperature; 0 = greedy
     code_temperature: float = 0.0  # audio code sampling temperature; 0 = greedy
     max_new_tokens: int = 256  # cap on reply text tokens

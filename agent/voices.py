@@ -22,7 +22,8 @@ import numpy as np
 
 from audio_io.frames import SAMPLE_RATE
 from audio_io.resample import to_mono_16k
-from model.talker import SAY_MESSAGES, AudioChunk, GenerationOptions, TextDelta
+from model.generate import AudioChunk, GenerationOptions, TextDelta
+from model.talker import SAY_MESSAGES
 
 LEADING_SILENCE = 0.01  # amplitude below which Piper's first samples are cut (10 ms before the first louder one kept)
 CLAUSE_END = re.compile(r"[.!?;:,]\s*$")  # a text piece ending like this can be voiced on its own

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.talker import SAY_MESSAGES, AudioChunk, GenerationOptions, Talker
+from model.generate import AudioChunk, GenerationOptions
+from model.talker import SAY_MESSAGES, Talker
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,8 @@ def say(
     pieces: list[np.ndarray] = []
     frames = 0
     stats: dict[str, Any] = {}
-    stream = talker.stream(messages or SAY_MESSAGES, codec, text=text, options=options, stats=stats)
+    messages = messages if messages is not None else SAY_MESSAGES
+    stream = talker.stream(messages, codec, text=text, options=options, stats=stats)
     with torch.inference_mode():
         for event in stream:
             if isinstance(event, AudioChunk):

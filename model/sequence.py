@@ -1,17 +1,21 @@
-"""The interleaved text/audio sequence of an assistant turn, and its attention mask.
+"""The interleaved text/audio layout of an assistant turn, its positions, and its attention mask.
 
-Layout of a reply (after the chat prompt, which ends with ``<|im_start|>assistant`` and a newline)::
+A reply is cut into chunks of whole words (:mod:`model.chunks`). Chunk j has text tokens T_j,
+phoneme ids P_j (inputs only, never predicted) and an audio span A_j of k_j frames, announced by a
+duration position D_j whose embedding says k_j. Text runs one chunk ahead of the audio it voices::
 
-    t1..tN1 <boa> f1..fM1 <eoa> tN1+1..tN1+N <boa> ..M frames.. <eoa> ... t..tlast <boa> last span <eoa>
+    prompt | T1 P1 | T2 P2 D1 A1 | T3 P3 D2 A2 | ... | Tm Pm D(m-1) A(m-1) | <|im_end|> Dm Am
 
-The first chunk has ``first_text`` tokens and ``first_audio`` frames (so sound starts early), the
-next ones ``text`` tokens and ``audio`` frames. Once the text is done the remaining audio goes in
-one last span, followed by END frames (the end-of-audio code the diffusion predicts, see
-:data:`END`). The backbone's LM head is asked for ``<|im_end|>`` after the last text token (that
-is how text generation says it is done), but the token is not placed there: the last span is.
+Prediction targets (training) and decisions (inference):
 
-One frame is one position. Its codes live in ``codes[i]`` (G values in ``0..K-1``), or are
-:data:`MASK` (not decided yet / noised) or :data:`END` (the audio ended before this frame).
+- every text position predicts the next reply text token, in reading order, skipping the phoneme,
+  duration and frame positions between them; the last text token predicts ``<|im_end|>``;
+- the last text position before D_j predicts k_j (the duration head);
+- the frames of a span are filled by masked diffusion; they attend to each other both ways.
+
+One frame is one position; its codes live in ``codes`` (G values in ``0..K-1``, or :data:`MASK`
+per code while undecided). :class:`Positions` is the one builder of positions: training lays out a
+whole reply with :func:`build_reply`, generation appends the same rows as it decides them.
 """
 
 from __future__ import annotations
@@ -21,130 +25,136 @@ from enum import IntEnum
 
 import torch
 
-MASK = -1  # a frame's code value while it is masked (absorbing state of the diffusion)
-END = -2  # a frame's code value once it is decided to lie past the end of the audio
-IGNORE = -100  # "no text target here", as torch's cross-entropy expects
+MASK = -1  # a code's value while it is masked (the absorbing state of the diffusion)
+IGNORE = -100  # "no target here", as torch's cross-entropy expects
 
 
 class Kind(IntEnum):
     """What a position holds; each kind has its own input embedding."""
 
-    TEXT = 0  # a text token of the backbone's vocabulary
-    BOA = 1  # begin-of-audio marker, opens a span
-    FRAME = 2  # one audio frame (G codes, MASK or END)
-    EOA = 3  # end-of-audio marker, closes a span
+    TEXT = 0  # a text token of the backbone's vocabulary (``token`` = its id)
+    PHONE = 1  # a phoneme of the chunk just written (``token`` = phoneme id)
+    DUR = 2  # the length of the span that follows (``token`` = k frames)
+    FRAME = 3  # one audio frame (``codes``; ``slot`` = its index in the span, ``token`` = span length)
     PAD = 4  # batch padding; attends only to itself, never attended to
 
 
 @dataclass(frozen=True)
-class Chunking:
-    """How a reply interleaves text and audio (from ``settings.talker``)."""
+class Chunk:
+    """One chunk of a reply as the layout needs it."""
 
-    first_text: int  # N1: text tokens before the first span
-    first_audio: int  # M1: frames in the first span
-    text: int  # N: text tokens per later chunk
-    audio: int  # M: frames per later (not last) span
-
-    def __post_init__(self) -> None:
-        if min(self.first_text, self.first_audio, self.text, self.audio) < 1:
-            raise ValueError(f"every chunk size must be >= 1, got {self}")
-
-    def text_sizes(self, n_tokens: int) -> list[int]:
-        """Split ``n_tokens`` reply tokens into text chunks: ``[N1, N, N, ..., rest]``."""
-        sizes, left, first = [], n_tokens, True
-        while left > 0:
-            take = min(left, self.first_text if first else self.text)
-            sizes.append(take)
-            left -= take
-            first = False
-        return sizes or [0]
-
-    def audio_size(self, span_index: int) -> int:
-        """Frames of the (not last) span number ``span_index``."""
-        return self.first_audio if span_index == 0 else self.audio
+    tokens: list[int]  # text token ids of the chunk's words
+    phonemes: list[int]  # phoneme ids (model.phonemes.Phonemizer.ids)
+    frames: int = 0  # k: the span's length (known in training; decided at inference)
 
 
-@dataclass
-class Sequence:
-    """One token sequence, position by position (all tensors have length L along dim 0)."""
+class Positions:
+    """A growing list of positions: kind, token, codes, span id, slot and targets per row."""
 
-    kinds: torch.Tensor  # [L] long: a Kind per position
-    tokens: torch.Tensor  # [L] long: the text token id at TEXT positions, 0 elsewhere
-    codes: torch.Tensor  # [L, G] long: a FRAME's codes (or MASK / END), 0 elsewhere
-    span: torch.Tensor  # [L] long: index of the audio span a FRAME belongs to, -1 elsewhere
-    text_target: torch.Tensor  # [L] long: the text token this position must predict, or IGNORE
-    reply_start: int  # index of the first reply position (everything before is the prompt)
+    def __init__(self, groups: int):
+        self.groups = groups
+        self.kinds: list[int] = []
+        self.tokens: list[int] = []
+        self.codes: list[list[int]] = []
+        self.span: list[int] = []  # span id of a FRAME, -1 elsewhere
+        self.slot: list[int] = []  # a FRAME's index within its span, -1 elsewhere
+        self.text_target: list[int] = []  # next text token (training), or IGNORE
+        self.dur_target: list[int] = []  # length of the next span (training), or IGNORE
 
     def __len__(self) -> int:
-        return int(self.kinds.shape[0])
+        return len(self.kinds)
+
+    def _add(self, kind: Kind, token: int = 0, codes: list[int] | None = None, span: int = -1, slot: int = -1):
+        self.kinds.append(int(kind))
+        self.tokens.append(int(token))
+        self.codes.append(codes if codes is not None else [0] * self.groups)
+        self.span.append(span)
+        self.slot.append(slot)
+        self.text_target.append(IGNORE)
+        self.dur_target.append(IGNORE)
+
+    def add_text(self, tokens: list[int]) -> None:
+        """Text tokens (prompt or reply)."""
+        for tok in tokens:
+            self._add(Kind.TEXT, tok)
+
+    def add_phonemes(self, ids: list[int]) -> None:
+        """A chunk's phoneme ids."""
+        for p in ids:
+            self._add(Kind.PHONE, p)
+
+    def add_span(self, frames: torch.Tensor | list[list[int]], span: int) -> None:
+        """D (the span's length) and its frames [k, G] (codes, MASK where undecided)."""
+        rows = frames.tolist() if isinstance(frames, torch.Tensor) else frames
+        self._add(Kind.DUR, len(rows))
+        for i, row in enumerate(rows):
+            self._add(Kind.FRAME, len(rows), [int(c) for c in row], span, i)
+
+    def last_text_index(self) -> int:
+        """Index of the last TEXT position (where the next token and the next duration are predicted)."""
+        for i in range(len(self.kinds) - 1, -1, -1):
+            if self.kinds[i] == int(Kind.TEXT):
+                return i
+        raise ValueError("no text position yet")
+
+    def concat(self, other: Positions) -> Positions:
+        """A new list: these rows, then ``other``'s."""
+        out = Positions(self.groups)
+        for name in ("kinds", "tokens", "codes", "span", "slot", "text_target", "dur_target"):
+            setattr(out, name, getattr(self, name) + getattr(other, name))
+        return out
+
+    def tensors(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """Rows as tensors: kinds/tokens/span/slot/text_target/dur_target [L], codes [L, G]."""
+        long = {"dtype": torch.long, "device": device}
+        out = {
+            name: torch.tensor(getattr(self, name), **long)
+            for name in ("kinds", "tokens", "span", "slot", "text_target", "dur_target")
+        }
+        out["codes"] = torch.tensor(self.codes, **long).reshape(len(self), self.groups)
+        return out
 
 
-def build_sequence(
-    prompt_ids: list[int],
-    reply_ids: list[int],
-    codes: torch.Tensor,
-    chunking: Chunking,
-    end_token: int,
-    end_frames: int = 1,
-) -> Sequence:
-    """Lay out a prompt and a reply (text ``reply_ids`` voiced by ``codes`` [F, G]) as one sequence.
+def build_reply(
+    prompt_ids: list[int], chunks: list[Chunk], codes: torch.Tensor, end_token: int
+) -> tuple[Positions, int]:
+    """The training layout of a prompt and a reply voiced by ``codes`` [F, G]; returns (positions, reply start).
 
-    Regular spans take their frames in order; the last span takes all remaining frames and then
-    ``end_frames`` END frames (0 leaves the end unmarked, as SST's truncated spans are).
-    ``end_token`` (``<|im_end|>``) is the text target after the last reply token.
+    ``chunks`` carry their span lengths, which must sum to F.
     """
     if codes.ndim != 2:
         raise ValueError(f"codes must be [frames, groups], got shape {tuple(codes.shape)}")
-    if not reply_ids:
+    if not chunks or not any(c.tokens for c in chunks):
         raise ValueError("the reply has no text tokens: there is nothing to voice")
-    groups = codes.shape[1]
-    kinds: list[int] = []
-    tokens: list[int] = []
-    frames: list[torch.Tensor] = []
-    span: list[int] = []
-    target: list[int] = []
+    if sum(c.frames for c in chunks) != codes.shape[0] or min(c.frames for c in chunks) < 1:
+        raise ValueError(
+            f"span lengths {[c.frames for c in chunks]} must be >= 1 and sum to the {codes.shape[0]} frames"
+        )
+    pos = Positions(codes.shape[1])
+    pos.add_text(prompt_ids)
+    reply_start = len(pos)
 
-    def add(kind: Kind, token: int = 0, frame: torch.Tensor | None = None, span_id: int = -1) -> None:
-        kinds.append(int(kind))
-        tokens.append(token)
-        frames.append(frame if frame is not None else torch.zeros(groups, dtype=torch.long))
-        span.append(span_id)
-        target.append(IGNORE)
+    def write_text(tokens: list[int]) -> None:
+        for tok in tokens:
+            if len(pos):
+                pos.text_target[pos.last_text_index()] = tok
+            pos.add_text([tok])
 
-    for tok in prompt_ids:
-        add(Kind.TEXT, tok)
-    reply_start = len(kinds)
-    sizes = chunking.text_sizes(len(reply_ids))
-    cursor_text, cursor_audio = 0, 0
-    end_row = torch.full((groups,), END, dtype=torch.long)
-    for index, size in enumerate(sizes):
-        for tok in reply_ids[cursor_text : cursor_text + size]:
-            if kinds:
-                target[-1] = tok  # the previous position (prompt end, text or <eoa>) predicts it
-            add(Kind.TEXT, tok)
-        cursor_text += size
-        last = index == len(sizes) - 1
-        if last:
-            target[-1] = end_token  # "the text is done"
-            take = codes.shape[0] - cursor_audio
+    starts = [0]
+    for c in chunks:
+        starts.append(starts[-1] + c.frames)
+    write_text(chunks[0].tokens)
+    pos.add_phonemes(chunks[0].phonemes)
+    for j, chunk in enumerate(chunks):
+        if j + 1 < len(chunks):
+            write_text(chunks[j + 1].tokens)
+            pos.add_phonemes(chunks[j + 1].phonemes)
         else:
-            take = min(chunking.audio_size(index), codes.shape[0] - cursor_audio)
-        add(Kind.BOA)
-        for f in range(cursor_audio, cursor_audio + take):
-            add(Kind.FRAME, frame=codes[f], span_id=index)
-        cursor_audio += take
-        if last:
-            for _ in range(end_frames):
-                add(Kind.FRAME, frame=end_row, span_id=index)
-        add(Kind.EOA)
-    return Sequence(
-        kinds=torch.tensor(kinds, dtype=torch.long),
-        tokens=torch.tensor(tokens, dtype=torch.long),
-        codes=torch.stack(frames) if frames else torch.zeros(0, groups, dtype=torch.long),
-        span=torch.tensor(span, dtype=torch.long),
-        text_target=torch.tensor(target, dtype=torch.long),
-        reply_start=reply_start,
-    )
+            write_text([end_token])
+            pos.text_target[pos.last_text_index()] = IGNORE  # nothing is predicted after <|im_end|>
+        pos.dur_target[pos.last_text_index()] = chunk.frames
+        pos.add_span(codes[starts[j] : starts[j + 1]], span=j)
+    return pos, reply_start
 
 
 def allowed(q_pos: torch.Tensor, k_pos: torch.Tensor, q_span: torch.Tensor, k_span: torch.Tensor) -> torch.Tensor:
@@ -158,46 +168,68 @@ def allowed(q_pos: torch.Tensor, k_pos: torch.Tensor, q_span: torch.Tensor, k_sp
     return causal | same_span
 
 
-def attention_mask(span: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Bool mask [B, 1, L, L] (True = attend) for a batch of span-id rows [B, L].
+@dataclass
+class Packed:
+    """Several sequences packed into rows of one batch (no padding between them)."""
 
-    ``valid`` [B, L] marks real positions; a padding position attends only to itself (so its
-    softmax stays finite) and no real position attends to it.
+    tensors: dict[str, torch.Tensor]  # Positions.tensors fields, each [B, L(, G)]
+    positions: torch.Tensor  # [B, L] RoPE positions, restarting at 0 for every sequence
+    mask: torch.Tensor  # [B, 1, L, L] bool: the attention rule within each sequence, nothing across
+    real: int  # positions that are not padding
+
+
+def pack(sequences: list[Positions], row_length: int) -> Packed:
+    """First-fit pack ``sequences`` (longest first) into rows of at most ``row_length`` positions.
+
+    A sequence longer than ``row_length`` gets a row of its own. Span ids are made unique per row;
+    a padding position attends only to itself, so its softmax stays finite.
     """
-    if span.ndim == 1:
-        span = span.unsqueeze(0)
-    batch, length = span.shape
-    pos = torch.arange(length, device=span.device).expand(batch, length)
-    mask = allowed(pos, pos, span, span)
-    if valid is not None:
-        if valid.ndim == 1:
-            valid = valid.unsqueeze(0)
-        mask = mask & valid.unsqueeze(-2) & valid.unsqueeze(-1)
-        mask = mask | torch.eye(length, dtype=torch.bool, device=span.device)
-    return mask.unsqueeze(1)
-
-
-def collate(sequences: list[Sequence]) -> dict[str, torch.Tensor]:
-    """Right-pad sequences into a batch: kinds/tokens/codes/span/text_target/valid/mask tensors."""
     if not sequences:
-        raise ValueError("collate needs at least one sequence")
-    length = max(len(s) for s in sequences)
-    groups = sequences[0].codes.shape[1]
-
-    def pad(t: torch.Tensor, value: int) -> torch.Tensor:
-        extra = length - t.shape[0]
-        if extra == 0:
-            return t
-        filler = torch.full((extra, *t.shape[1:]), value, dtype=t.dtype)
-        return torch.cat([t, filler])
-
-    batch = {
-        "kinds": torch.stack([pad(s.kinds, int(Kind.PAD)) for s in sequences]),
-        "tokens": torch.stack([pad(s.tokens, 0) for s in sequences]),
-        "codes": torch.stack([pad(s.codes.reshape(-1, groups), 0) for s in sequences]),
-        "span": torch.stack([pad(s.span, -1) for s in sequences]),
-        "text_target": torch.stack([pad(s.text_target, IGNORE) for s in sequences]),
-    }
-    batch["valid"] = batch["kinds"] != int(Kind.PAD)
-    batch["mask"] = attention_mask(batch["span"], batch["valid"])
-    return batch
+        raise ValueError("pack needs at least one sequence")
+    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        n = len(sequences[i])
+        for r, free in enumerate(room):
+            if n <= free:
+                rows[r].append(i)
+                room[r] -= n
+                break
+        else:
+            rows.append([i])
+            room.append(max(row_length, n) - n)
+    length = max(sum(len(sequences[i]) for i in row) for row in rows)
+    fill = {"kinds": int(Kind.PAD), "span": -1, "slot": -1, "text_target": IGNORE, "dur_target": IGNORE}
+    batch: dict[str, list[torch.Tensor]] = {k: [] for k in (*fill, "tokens", "codes")}
+    positions, segments = [], []
+    for row in rows:
+        parts = [sequences[i].tensors() for i in row]
+        used = sum(len(sequences[i]) for i in row)
+        span_offset = 0
+        for part in parts:
+            frames = part["span"] >= 0
+            part["span"] = torch.where(frames, part["span"] + span_offset, part["span"])
+            span_offset = int(part["span"].max()) + 1 if frames.any() else span_offset
+        for key in batch:
+            values = torch.cat([p[key] for p in parts])
+            extra = length - used
+            if extra:
+                pad_value = fill.get(key, 0)
+                shape = (extra, *values.shape[1:])
+                values = torch.cat([values, torch.full(shape, pad_value, dtype=values.dtype)])
+            batch[key].append(values)
+        positions.append(torch.cat([torch.arange(len(sequences[i])) for i in row] + [torch.zeros(length - used)]))
+        segments.append(
+            torch.cat(
+                [torch.full((len(sequences[i]),), s) for s, i in enumerate(row)] + [torch.full((length - used,), -1)]
+            )
+        )
+    tensors = {k: torch.stack(v) for k, v in batch.items()}
+    pos = torch.stack(positions).long()
+    seg = torch.stack(segments).long()
+    mask = allowed(pos, pos, tensors["span"], tensors["span"])
+    mask = mask & (seg.unsqueeze(-1) == seg.unsqueeze(-2)) & (seg >= 0).unsqueeze(-1)
+    mask = mask | torch.eye(length, dtype=torch.bool).expand_as(mask)
+    real = int((tensors["kinds"] != int(Kind.PAD)).sum())
+    return Packed(tensors, pos, mask.unsqueeze(1), real)

@@ -175,7 +175,7 @@ class FakeVoice:
     async def _speak(self, text: str, cancel) -> AsyncIterator:
         import torch
 
-        from model.talker import AudioChunk, TextDelta
+        from model.generate import AudioChunk, TextDelta
 
         await self.clock.wait_until(self.clock.now() + self.think_s)
         try:

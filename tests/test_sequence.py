@@ -1,136 +1,190 @@
-"""The reply layout, the attention-mask rule, and the unmasking schedule."""
+"""The talker's layout: word chunks, positions, packing, the attention rule, unmasking, alignment."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from model.sampler import Guess, audio_length, commit, guess_frames, unmask_counts
-from model.sequence import END, IGNORE, MASK, Chunking, Kind, attention_mask, build_sequence, collate
+from model.chunks import chunk_tokens, chunk_words, closes_chunk, phoneme_ids, phonemizer, starts_word
+from model.sampler import commit, guess_codes, unmask_counts
+from model.sequence import IGNORE, MASK, Chunk, Kind, Positions, allowed, build_reply, pack
+from training.align import align_clip, ctc_forced_align
 
-CHUNKING = Chunking(first_text=2, first_audio=3, text=4, audio=5)
-EOS = 999
-
-
-def _codes(n: int, groups: int = 2) -> torch.Tensor:
-    return torch.arange(n * groups).reshape(n, groups) % 7
+END = 99  # stands for <|im_end|>
 
 
-def test_text_chunks_first_then_regular():
-    assert CHUNKING.text_sizes(11) == [2, 4, 4, 1]
-    assert CHUNKING.text_sizes(2) == [2]
-    assert CHUNKING.text_sizes(6) == [2, 4]
+def test_chunks_are_one_word_first_then_two_closed_by_punctuation():
+    words = "Well, I think the cat sat. Then it left".split()
+    assert chunk_words(words) == [["Well,"], ["I", "think"], ["the", "cat"], ["sat."], ["Then", "it"], ["left"]]
+    assert closes_chunk("Hi", 1, first=True) and not closes_chunk("big", 1, first=False)
+    assert closes_chunk("end.\"", 1, first=False) and closes_chunk("a", 2, first=False)
+
+
+def test_chunk_tokens_follow_the_words(tokenizer):
+    text = "A mature oak can host 2,000 species, lichens and fungi."
+    pieces = chunk_tokens(tokenizer, text)
+    assert [p[0] for p in pieces] == [" ".join(c) for c in chunk_words(text.split())]
+    assert [t for _, ids in pieces for t in ids] == tokenizer(text, add_special_tokens=False)["input_ids"]
+    for chunk, ids in pieces:
+        assert tokenizer.decode(ids).strip() == chunk
+    assert chunk_tokens(tokenizer, "   ") == []
+    assert starts_word(" cat") and not starts_word("cat") and not starts_word(" ")
+
+
+def test_phonemes_of_a_chunk():
+    symbols = phonemizer().symbols("the cat")
+    assert symbols.count(" ") == 1 and "k" in symbols
+    ids = phonemizer().ids("the cat")
+    assert ids == phoneme_ids(symbols) and 0 in ids and min(ids) >= 0
+
+
+def _reply(groups: int = 2) -> tuple[list[Chunk], torch.Tensor]:
+    chunks = [Chunk([10], [1, 2], 2), Chunk([11, 12], [3], 3), Chunk([13], [4, 5], 1)]
+    codes = torch.arange(6 * groups).reshape(6, groups) % 7
+    return chunks, codes
 
 
 def test_layout_of_a_reply():
-    prompt, reply = [10, 11, 12], [20, 21, 22, 23, 24, 25, 26]
-    seq = build_sequence(prompt, reply, _codes(12), CHUNKING, EOS, end_frames=2)
-    kinds = [Kind(k).name for k in seq.kinds.tolist()]
-    expected = (
-        ["TEXT"] * 3  # prompt
-        + ["TEXT"] * 2 + ["BOA"] + ["FRAME"] * 3 + ["EOA"]  # first chunk: N1=2, M1=3
-        + ["TEXT"] * 4 + ["BOA"] + ["FRAME"] * 5 + ["EOA"]  # regular chunk
-        + ["TEXT"] * 1 + ["BOA"] + ["FRAME"] * (12 - 8 + 2) + ["EOA"]  # last: rest of audio + 2 END
-    )  # fmt: skip
-    assert kinds == expected
-    assert seq.reply_start == 3
-    text_pos = [i for i, k in enumerate(kinds) if k == "TEXT"]
-    assert seq.tokens[text_pos].tolist() == prompt + reply
-    frames = seq.kinds == Kind.FRAME
-    assert torch.equal(seq.codes[frames][:12], _codes(12))
-    assert (seq.codes[frames][12:] == END).all()
-    assert seq.span[frames].tolist() == [0] * 3 + [1] * 5 + [2] * 6
-    assert (seq.span[~frames] == -1).all()
-    # Each reply token is predicted by the position before it (prompt end, text or <eoa>).
-    targets = {i: t for i, t in enumerate(seq.text_target.tolist()) if t != IGNORE}
-    assert targets == {2: 20, 3: 21, 9: 22, 10: 23, 11: 24, 12: 25, 20: 26, 21: EOS}
+    chunks, codes = _reply()
+    pos, start = build_reply([1, 2], chunks, codes, END)
+    t = pos.tensors()
+    kinds = [Kind(k).name[0] for k in t["kinds"].tolist()]
+    # prompt | T1 P1 | T2 P2 D1 A1 | T3 P3 D2 A2 | <end> D3 A3
+    assert "".join(kinds) == "TT" + "TPP" + "TTPDFF" + "TPPDFFF" + "TDF"
+    assert start == 2
+    text = [i for i, k in enumerate(kinds) if k == "T"]
+    assert [t["tokens"][i].item() for i in text] == [1, 2, 10, 11, 12, 13, END]
+    # every reply text position (and the prompt's last) predicts the next text token; nothing after <end>
+    assert [t["text_target"][i].item() for i in text] == [IGNORE, 10, 11, 12, 13, END, IGNORE]
+    durs = [i for i, k in enumerate(kinds) if k == "D"]
+    assert [t["tokens"][i].item() for i in durs] == [2, 3, 1]
+    # a span's length is predicted at the last text position before its D
+    predicting = [i for i in range(len(kinds)) if t["dur_target"][i] != IGNORE]
+    assert [t["dur_target"][i].item() for i in predicting] == [2, 3, 1]
+    assert all(max(j for j in text if j < d) == p for d, p in zip(durs, predicting, strict=True))
+    frames = t["kinds"] == int(Kind.FRAME)
+    assert torch.equal(t["codes"][frames], codes)
+    assert t["slot"][frames].tolist() == [0, 1, 0, 1, 2, 0] and t["span"][frames].tolist() == [0, 0, 1, 1, 1, 2]
+    assert t["tokens"][frames].tolist() == [2, 2, 3, 3, 3, 1]  # a frame knows its span's length
 
 
-def test_short_audio_and_truncated_last_span():
-    seq = build_sequence([1], [5, 6, 7, 8, 9, 10], _codes(4), CHUNKING, EOS, end_frames=0)
-    frames = seq.kinds == Kind.FRAME
-    assert seq.span[frames].tolist() == [0, 0, 0, 1]
-    assert not (seq.codes == END).any()
-
-
-@pytest.mark.parametrize("bad", [dict(reply=[]), dict(codes=torch.zeros(4))])
-def test_bad_input_raises(bad):
-    args = dict(reply=[1, 2], codes=_codes(3)) | bad
-    with pytest.raises(ValueError, match="reply has no text|frames, groups"):
-        build_sequence([0], args["reply"], args["codes"], CHUNKING, EOS)
-
-
-def _rule(kinds: list[int], span: list[int], i: int, j: int) -> bool:
-    """The mask rule written out plainly: causal, plus both positions are frames of one span."""
-    if j <= i:
-        return True
-    return kinds[i] == Kind.FRAME and kinds[j] == Kind.FRAME and span[i] == span[j]
+@pytest.mark.parametrize(
+    "chunks,codes,match",
+    [
+        ([Chunk([1], [], 2)], torch.zeros(3, 2), "sum"),
+        ([Chunk([1], [], 0), Chunk([2], [], 3)], torch.zeros(3, 2), ">= 1"),
+        ([Chunk([], [], 3)], torch.zeros(3, 2), "no text"),
+        ([Chunk([1], [], 3)], torch.zeros(3), "frames, groups"),
+    ],
+)
+def test_bad_replies_raise(chunks, codes, match):
+    with pytest.raises(ValueError, match=match):
+        build_reply([1], chunks, codes.long(), END)
 
 
 def test_every_mask_entry_follows_the_rule():
-    seq = build_sequence([1, 2, 3, 4], list(range(20, 31)), _codes(20), CHUNKING, EOS, end_frames=3)
-    mask = attention_mask(seq.span)
-    length = len(seq)
-    assert mask.shape == (1, 1, length, length) and mask.dtype == torch.bool
-    kinds, span = seq.kinds.tolist(), seq.span.tolist()
-    for i in range(length):
-        for j in range(length):
-            assert bool(mask[0, 0, i, j]) == _rule(kinds, span, i, j), (i, j)
-    # Sanity of the rule itself: some future entries are open (within spans), most are not.
-    future_open = sum(bool(mask[0, 0, i, j]) for i in range(length) for j in range(i + 1, length))
-    assert future_open == sum(n * (n - 1) // 2 for n in (3, 5, 5, 20 - 13 + 3))
+    chunks, codes = _reply()
+    pos, _ = build_reply([1], chunks, codes, END)
+    span = torch.tensor(pos.span)
+    n = len(pos)
+    mask = allowed(torch.arange(n), torch.arange(n), span, span)
+    for q in range(n):
+        for k in range(n):
+            both = span[q] >= 0 and span[q] == span[k]
+            assert bool(mask[q, k]) == (k <= q or bool(both))
 
 
-def test_collate_pads_and_masks_padding_out():
-    a = build_sequence([1, 2], [5, 6, 7], _codes(5), CHUNKING, EOS)
-    b = build_sequence([1], [5], _codes(2), CHUNKING, EOS)
-    batch = collate([a, b])
-    length = len(a)
-    assert batch["kinds"].shape == (2, length) and batch["codes"].shape == (2, length, 2)
-    assert batch["valid"][1].sum() == len(b)
-    mask = batch["mask"][1, 0]
-    kinds, span = b.kinds.tolist(), b.span.tolist()
-    for i in range(length):
-        for j in range(length):
-            if i < len(b) and j < len(b):
-                want = _rule(kinds, span, i, j)
-            else:
-                want = i == j  # padding sees only itself, nobody sees padding
-            assert bool(mask[i, j]) == want, (i, j)
-    assert (batch["text_target"][1, len(b) :] == IGNORE).all()
+def test_pack_keeps_sequences_apart_and_wastes_nothing():
+    chunks, codes = _reply()
+    a, _ = build_reply([1, 2], chunks, codes, END)
+    b, _ = build_reply([3], chunks[:2], codes[:5], END)
+    c, _ = build_reply([4, 5, 6], chunks[1:], codes[2:], END)
+    packed = pack([a, b, c], row_length=len(a) + len(b))
+    t = packed.tensors
+    assert t["kinds"].shape[0] == 2 and packed.real == len(a) + len(b) + len(c)
+    row = t["kinds"][0]
+    assert (row != int(Kind.PAD)).sum() == len(a) + len(b)  # first fit: the two longest share a row
+    mask = packed.mask[0, 0]
+    first, second = slice(0, len(a)), slice(len(a), len(a) + len(b))
+    assert not mask[second, first].any() and not mask[first, second].any()
+    assert packed.positions[0, len(a)] == 0  # RoPE positions restart per sequence
+    spans = t["span"][0][t["span"][0] >= 0]
+    assert len(set(spans.tolist())) == 5  # span ids made unique within the row (3 of a, 2 of b)
+    pads = t["kinds"][1] == int(Kind.PAD)
+    if pads.any():  # padding attends to itself only, and nothing attends to it
+        i = int(pads.nonzero()[0])
+        assert packed.mask[1, 0, i].sum() == 1 and packed.mask[1, 0, :, i].sum() == 1
+
+
+def test_positions_concat_and_last_text():
+    p = Positions(2)
+    p.add_text([5, 6])
+    p.add_phonemes([1])
+    p.add_span(torch.full((2, 2), MASK), span=0)
+    assert p.last_text_index() == 1 and len(p.concat(p)) == 2 * len(p)
+    with pytest.raises(ValueError, match="no text"):
+        Positions(2).last_text_index()
 
 
 def test_unmask_counts_cover_the_span():
-    for length in (1, 3, 10, 64):
-        for steps in (1, 2, 4, 8, 16):
-            counts = unmask_counts(length, steps)
-            assert sum(counts) == length and all(c >= 1 for c in counts) and len(counts) <= steps
-    assert unmask_counts(0, 4) == []
-    assert unmask_counts(10, 4)[0] < unmask_counts(10, 4)[-1]  # cosine: few first, more later
+    for total in (0, 1, 5, 16, 80):
+        for steps in (1, 2, 4, 8):
+            counts = unmask_counts(total, steps)
+            assert sum(counts) == total and len(counts) <= steps and all(c >= 1 for c in counts)
+    assert unmask_counts(16, 4)[0] < unmask_counts(16, 4)[-1]  # few codes first
     with pytest.raises(ValueError):
-        unmask_counts(5, 0)
+        unmask_counts(3, 0)
 
 
-def test_commit_takes_the_most_confident_masked_frames():
-    frames = torch.full((4, 2), MASK)
-    frames[1] = torch.tensor([3, 3])  # already decided: must stay
-    guess = Guess(
-        codes=torch.tensor([[0, 0], [1, 1], [2, 2], [5, 5]]),
-        end=torch.zeros(4, dtype=torch.bool),
-        confidence=torch.tensor([-3.0, 0.0, -1.0, -2.0]),
-    )
-    out = commit(frames, guess, 2)
-    assert out.tolist() == [[-1, -1], [3, 3], [2, 2], [5, 5]]
+def test_commit_takes_the_most_confident_masked_codes():
+    frames = torch.tensor([[MASK, 3], [MASK, MASK]])
+    logits = torch.full((2, 2, 4), -5.0)
+    logits[0, 0, 1] = 5.0  # very sure
+    logits[1, 0, 2] = 1.0
+    logits[1, 1, 0] = 0.5
+    logits[0, 1, 2] = 9.0  # already decided: must stay 3
+    codes, confidence = guess_codes(logits)
+    out = commit(frames, codes, confidence, 2)
+    assert out.tolist() == [[1, 3], [2, MASK]]
+    assert commit(out, codes, confidence, 5).tolist() == [[1, 3], [2, 0]]
 
 
-def test_guess_frames_end_only_when_allowed():
-    code_logits = torch.zeros(3, 2, 4)
-    code_logits[:, :, 2] = 5.0
-    end_logits = torch.tensor([-5.0, 5.0, 5.0])
-    g = guess_frames(code_logits, end_logits, allow_end=True)
-    assert g.end.tolist() == [False, True, True]
-    assert g.codes[0].tolist() == [2, 2] and (g.codes[1:] == END).all()
-    g = guess_frames(code_logits, end_logits, allow_end=False)
-    assert not g.end.any() and (g.codes == 2).all()
-    assert audio_length(torch.tensor([[1, 1], [END, END], [2, 2]])) == 1
-    assert audio_length(torch.tensor([[1, 1]])) == 1
+def test_ctc_forced_alignment_finds_the_path():
+    path = [0, 1, 1, 0, 2, 0, 2, 2, 3, 3, 0, 0]
+    lp = np.full((len(path), 5), -10.0)
+    lp[np.arange(len(path)), path] = 0.0
+    assert ctc_forced_align(lp, [1, 2, 2, 3]).tolist() == [1, 4, 6, 8]
+    assert ctc_forced_align(lp[:3], [1, 2, 2, 3]) is None  # too short for four targets and a blank
+    assert ctc_forced_align(lp, []).tolist() == []
+
+
+def test_align_clip_cuts_spans_at_chunk_onsets():
+    text = "Hello big world."  # chunks: "Hello" | "big world."
+    symbols = "".join(sorted(set(phonemizer().symbols(text).replace(" ", ""))))
+    index = {p: i + 1 for i, p in enumerate(symbols)}
+    targets = [index[c] for c in phonemizer().symbols("Hello").replace(" ", "")]
+    second = [index[c] for c in phonemizer().symbols("big world.").replace(" ", "")]
+    # 4 CTC steps per frame: "Hello" from step 2, then silence, "big world." from step 20 (frame 5)
+    steps = 4 * 12
+    lp = np.full((steps, len(symbols) + 1), -20.0)
+    lp[:, 0] = 0.0
+    for i, c in enumerate(targets):
+        lp[2 + i, :] = -20.0
+        lp[2 + i, c] = 0.0
+    for i, c in enumerate(second):
+        lp[20 + i, :] = -20.0
+        lp[20 + i, c] = 0.0
+    spans = align_clip(text, lp, 12, symbols, 4)
+    assert [s.text for s in spans] == ["Hello", "big world."]
+    assert [s.frames for s in spans] == [5, 7] and spans[1].onset == 20
+    assert align_clip("...", lp, 12, symbols, 4) is None  # nothing to hear in punctuation
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from model.assets import llm_source
+
+    return AutoTokenizer.from_pretrained(llm_source())

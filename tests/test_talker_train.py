@@ -1,0 +1,81 @@
+"""The talker's data and training pipeline on real parts: teacher audio, codec alignment, SmolLM2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from training.eval_chat import is_right, read_questions
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TEXTS = ["Good morning to you.", "Set a timer for five minutes.", "Yes, please.", "Call Anna back at noon."]
+
+
+@pytest.fixture(scope="module")
+def aligned(tmp_path_factory, teacher):
+    from training.align import align_corpus
+    from training.synth import SynthConfig, synthesize
+
+    root = tmp_path_factory.mktemp("talker_data")
+    synthesize(root / "corpus", SynthConfig(workers=1, shard_size=4), texts=TEXTS)
+    manifest = align_corpus(root / "corpus", root / "aligned")
+    return root / "aligned", manifest
+
+
+@pytest.mark.slow
+def test_alignment_covers_every_frame(aligned):
+    from model.chunks import chunk_words
+    from training.align import read_aligned
+
+    folder, manifest = aligned
+    assert manifest["items"] == len(TEXTS) and manifest["groups"] == 8
+    for item in read_aligned(folder):
+        assert [c["text"] for c in item.chunks] == [" ".join(c) for c in chunk_words(item.text.split())]
+        assert sum(c["frames"] for c in item.chunks) == len(item.codes) and min(c["frames"] for c in item.chunks) >= 1
+        onsets = [c["onset"] for c in item.chunks]
+        assert onsets == sorted(onsets)
+
+
+@pytest.mark.slow
+def test_train_resume_export_and_speak(aligned, tmp_path):
+    from agent.settings import Settings
+    from model.codec import load_codec
+    from model.say import say
+    from model.talker import load_talker
+    from training.train_talker import TrainConfig, train
+
+    folder, _ = aligned
+    run = tmp_path / "run"
+    cfg = TrainConfig(positions_per_step=150, row_length=256, val_every=2, warmup=2)
+    first = train(str(folder), str(run), minutes=5, steps=2, cfg=cfg)
+    assert first["step"] == 2 and {"audio_t1", "audio_t1_shuffled", "text_gap"} <= set(first)
+    for name in ("last.pt", "last.safetensors", "log.jsonl"):
+        assert (run / name).is_file(), name
+    second = train(str(folder), str(run), minutes=5, steps=4, cfg=cfg)
+    assert second["step"] == 4  # resumed at 2, did 2 more
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "val_audio" in r] == [2, 4]
+    assert (run / "loss.png").is_file()
+    codec = load_codec()
+    talker, trained = load_talker(Settings(), codec, checkpoint=run / "last.safetensors")
+    assert trained
+    result = say(talker, codec, "Good morning.")
+    assert result.audio_s > 0 and torch.isfinite(torch.as_tensor(result.samples)).all()
+
+
+def test_data_align_refuses_a_missing_corpus(tmp_path):
+    from training.align import align_corpus
+
+    with pytest.raises(FileNotFoundError, match="ttt data synth"):
+        align_corpus(tmp_path / "none", tmp_path / "out")
+
+
+def test_chat_answers_are_scored_by_whole_keywords():
+    assert is_right("The capital of France is Paris.", ["paris"])
+    assert is_right("A week has 7 days.", ["seven", "7"])
+    assert not is_right("Parisians love bread.", ["paris"])
+    questions = read_questions()
+    assert len(questions) == 50 and all(keys for _, keys in questions)
