@@ -156,7 +156,10 @@ async def converse(
     metrics = MetricsLog(metrics_path)
     followers = [asyncio.create_task(metrics.follow(agent.bus))]
     if mqtt is not None:
-        followers.append(asyncio.create_task(MqttBridge(mqtt, agent.bus, agent.send, clock.now).run()))
+        bridge = MqttBridge(mqtt, agent.bus, agent.send, clock.now)
+        if tools:
+            tools.bind_mqtt(bridge)
+        followers.append(asyncio.create_task(bridge.run()))
     if not quiet:
         followers.append(asyncio.create_task(_print(agent.bus.subscribe(), as_json)))
     started = time.perf_counter()
