@@ -36,11 +36,11 @@ class History:
         self.add("user", text)
 
     def add_reply(self, heard: str, interrupted: bool) -> None:
-        """The agent's reply as the user heard it; a cut one is followed by a note saying so."""
+        """The agent's reply as the user heard it; a cut one is followed by a note saying so (if any was heard)."""
         if heard:
             self.add("assistant", heard)
-        if interrupted:
-            self.add("system", INTERRUPTED_NOTE)
+            if interrupted:
+                self.add("system", INTERRUPTED_NOTE)
 
     def chat(self) -> list[dict]:
         """The messages to prompt the model with: the system prompt, then the kept history."""

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from agent.asr import Recognizer, StreamingTranscriber
-from agent.events import EndOfTurn, HearingEvent, PartialTranscript, SpeechEnded, SpeechStarted
+from agent.events import EndOfTurn, HearingEvent, PartialTranscript, SpeechEnded, SpeechLikely, SpeechStarted
 from agent.settings import Settings
 from agent.turn_detector import TurnDetector
 from audio_io.frames import AudioFrame
@@ -90,15 +90,23 @@ class Listener:
     :meth:`from_settings`; tests inject scripted ones.
     """
 
-    def __init__(self, vad: StreamingVad, asr: Recognizer, turns: TurnDetector, partial_interval_ms: int = 300):
+    def __init__(
+        self,
+        vad: StreamingVad,
+        asr: Recognizer,
+        turns: TurnDetector,
+        partial_interval_ms: int = 300,
+        likely_speech: bool = False,
+    ):
         self.vad = vad
         self.asr = asr
         self.turns = turns
         self.partial_interval_ms = partial_interval_ms  # new speech between partial re-decodes
+        self.likely_speech = likely_speech  # also report SpeechLikely: the first speech-like chunk of a run
         self._eot_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ttt-eot")
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> Listener:
+    def from_settings(cls, settings: Settings | None = None, likely_speech: bool = False) -> Listener:
         """The silero VAD, whisper and the LLM end-of-turn model, as ``settings`` configures them."""
         from agent.asr import WhisperAsr
         from agent.turn_detector import EndOfTurnModel
@@ -115,7 +123,7 @@ class Listener:
             max_silence_ms=s.turn.max_silence_ms,
             eot_threshold=s.turn.eot_threshold,
         )
-        return cls(vad, asr, turns, s.asr.partial_interval_ms)
+        return cls(vad, asr, turns, s.asr.partial_interval_ms, likely_speech)
 
     async def events(self, source: AudioSource) -> AsyncIterator[HearingEvent]:
         """Hear ``source`` until it ends, yielding speech edges, partials and ends of turn."""
@@ -151,6 +159,7 @@ class TurnTracker:
         self.silence_seen = 0.0  # the VAD's silence run when last looked at (to see it cross SPECULATE_S)
         self.candidate_ready: float | None = None  # fast mode: source time a speculative final (+ score) was ready
         self.last_partial = ""
+        self.likely = False  # a SpeechLikely was reported for the current run of speech-like chunks
 
     async def frame(self, frame: AudioFrame) -> AsyncIterator[HearingEvent]:
         """Feed one frame."""
@@ -160,6 +169,12 @@ class TurnTracker:
             self.transcriber.push(frame.samples)
         else:
             self.preroll.append(frame)
+        if self.listener.likely_speech:
+            if self.vad.speaking and not self.vad.in_speech and not vad_events and not self.likely:
+                self.likely = True
+                yield SpeechLikely(self.clock.stamp(frame.t))
+            elif not self.vad.speaking or vad_events:
+                self.likely = False
         for vad_event in vad_events:
             async for event in self._vad_event(vad_event):
                 yield event

@@ -47,6 +47,7 @@ from agent.events import (
     Say,
     SessionClock,
     SpeechEnded,
+    SpeechLikely,
     SpeechStarted,
     ToolCallEnded,
     ToolCallStarted,
@@ -91,6 +92,7 @@ class AgentConfig:
 
     min_interruption_s: float = 0.3  # user speech over the agent shorter than this is not a barge-in
     vad_hangover_s: float = 0.16  # the VAD's min silence: how late it reports a speech end
+    confirm_s: float = 0.2  # how long after a speech-like chunk the VAD has confirmed real speech (min speech + chunks)
     poll_s: float = 0.02  # how often a paused reply checks whether to resume
     max_tool_rounds: int = 3  # tool calls one reply may chain before the agent gives up (and apologises)
 
@@ -191,7 +193,12 @@ class Agent:
         if self.muted:
             return
         self.emit(event)
-        if isinstance(event, SpeechStarted):
+        if isinstance(event, SpeechLikely):
+            reply = self.reply
+            if reply is not None and not reply.interrupted and not reply.playout.paused:
+                reply.playout.pause()  # silence at once; the VAD confirms speech (or not) in about 0.1 s
+                self._spawn(self._resume_unless_speech(reply, event.t))
+        elif isinstance(event, SpeechStarted):
             self._user_speech = (event.t, None)
             reply = self.reply
             if reply is not None and not reply.interrupted:
@@ -210,6 +217,14 @@ class Agent:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _resume_unless_speech(self, reply: Reply, likely_at: float) -> None:
+        """A click or a breath the VAD never confirms as speech: play on."""
+        await self.clock.wait_until(likely_at + self.config.confirm_s)
+        speech = self._user_speech
+        confirmed = speech is not None and speech[0] >= likely_at - self.config.confirm_s
+        if not confirmed and reply is self.reply and not reply.interrupted:
+            await reply.playout.resume()
 
     async def _check_barge_in(self, reply: Reply, start: float) -> None:
         """Once the VAD could have reported an end, decide: a barge-in, or a cough (resume)."""

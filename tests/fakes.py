@@ -107,9 +107,11 @@ class ScriptedScorer:
         return 0.02 if self.unfinished(transcript) else 0.95
 
 
-def tone_listener(script: ToneScript, unfinished: Callable[[str], bool] = lambda text: False) -> Listener:
+def tone_listener(
+    script: ToneScript, unfinished: Callable[[str], bool] = lambda text: False, likely_speech: bool = False
+) -> Listener:
     """A listener on the fakes, with the default VAD and turn settings."""
-    return Listener(EnergyVad(), ToneAsr(script), TurnDetector(ScriptedScorer(unfinished)))
+    return Listener(EnergyVad(), ToneAsr(script), TurnDetector(ScriptedScorer(unfinished)), 300, likely_speech)
 
 
 def place(pieces: list[tuple[float, np.ndarray]], duration: float) -> np.ndarray:
