@@ -384,7 +384,7 @@ def train(
             rate = seen / max(1e-6, time.monotonic() - seen_since)
             seen, seen_since = 0, time.monotonic()
             record = {"step": step, "epoch": round(batches.epoch, 3), "positions_per_s": round(rate, 1)}
-            record |= {k: round(float(v), 4) for k, v in losses.items()}
+            record |= {k: round(float(v.detach()), 4) for k, v in losses.items()}
             logf.write(json.dumps(record) + "\n")
             logf.flush()
             history.append(record)
