@@ -93,11 +93,14 @@ class Batches:
         self.examples, self.positions, self.seed, self.pool = examples, positions, seed, pool
         self.cursor = cursor  # examples drawn so far (resume point; a resumed run skips the unused pool)
         self._queue: list[list[Positions]] = []
+        self._shuffled: tuple[int, list[int]] = (-1, [])  # (epoch, its order): shuffled once per epoch
 
     def _order(self, epoch: int) -> list[int]:
-        order = list(range(len(self.examples)))
-        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-        return order
+        if self._shuffled[0] != epoch:
+            order = list(range(len(self.examples)))
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            self._shuffled = (epoch, order)
+        return self._shuffled[1]
 
     def next(self) -> list[Positions]:
         """The sequences of the next step."""
@@ -337,7 +340,7 @@ def train(
         tmp = last.with_suffix(".tmp")
         torch.save(
             {
-                "trainable": {k: v for k, v in model.state_dict().items() if _is_trainable_key(model, k)},
+                "trainable": {n: p.detach().cpu() for n, p in model.trainable_parameters()},
                 "opt": opt.state_dict(),
                 "ema": [e.cpu() for e in ema],
                 "step": step,
@@ -407,10 +410,6 @@ def train(
     bar.close()
     logf.close()
     return record
-
-
-def _is_trainable_key(model: Talker, key: str) -> bool:
-    return key.startswith("speech.") or "lora_" in key or (model.config.train_norms and "norm" in key)
 
 
 def run_train_talker(args: argparse.Namespace, settings) -> int:
