@@ -85,7 +85,7 @@ def bench_turns(settings: Settings, turns: int, replies: list[str], gap_s: float
     from training.teacher import teacher_voice, write_conversation
 
     questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(turns)]
-    listener = Listener.from_settings(settings)
+    listener = Listener.from_settings(settings, likely_speech=True)
     results: dict[str, Any] = {"bench": "turns", "turns": turns, "gap_s": gap_s, "cores": os.cpu_count()}
     try:
         with tempfile.TemporaryDirectory(prefix="ttt-bench-turns-") as tmp:

@@ -26,6 +26,7 @@ from agent.events import (
     SourceClock,
     ToolCallEnded,
     TurnMetrics,
+    TurnResumed,
 )
 from agent.listen import Listener
 from agent.loop import Agent, AgentConfig, Voice
@@ -81,6 +82,7 @@ def agent_config(settings: Settings) -> AgentConfig:
     return AgentConfig(
         min_interruption_s=settings.agent.min_interruption_ms / 1000,
         vad_hangover_s=settings.vad.min_silence_ms / 1000,
+        confirm_s=settings.vad.min_speech_ms / 1000 + 0.1,
     )
 
 
@@ -88,7 +90,11 @@ def describe(event: Event) -> str | None:
     """One readable line for the events a person watching the conversation cares about."""
     if isinstance(event, EndOfTurn):
         return f"{event.t:8.2f}s  user:  {event.text}"
+    if isinstance(event, TurnResumed):
+        return f"{event.t:8.2f}s  (the user went on: the same turn)"
     if isinstance(event, PlaybackFinished):
+        if event.interrupted and not event.heard_text:
+            return None  # dropped before a sound of it played
         cut = "  [interrupted]" if event.interrupted else ""
         return f"{event.t:8.2f}s  agent: {event.heard_text}{cut}"
     if isinstance(event, TurnMetrics):
@@ -156,7 +162,10 @@ async def converse(
     metrics = MetricsLog(metrics_path)
     followers = [asyncio.create_task(metrics.follow(agent.bus))]
     if mqtt is not None:
-        followers.append(asyncio.create_task(MqttBridge(mqtt, agent.bus, agent.send, clock.now).run()))
+        bridge = MqttBridge(mqtt, agent.bus, agent.send, clock.now)
+        if tools:
+            tools.bind_mqtt(bridge)
+        followers.append(asyncio.create_task(bridge.run()))
     if not quiet:
         followers.append(asyncio.create_task(_print(agent.bus.subscribe(), as_json)))
     started = time.perf_counter()
@@ -193,7 +202,7 @@ def run_chat(
         read_audio(input_path)  # a bad file or tools file is reported before the models load
     tools = load_tools(tools_path) if tools_path else None
     print("loading the VAD, whisper, the end-of-turn model and the voice...", file=sys.stderr)
-    listener = Listener.from_settings(settings)
+    listener = Listener.from_settings(settings, likely_speech=True)
     voice, name, tokenizer = build_voice(settings, reply)
     print(f"the agent answers with the {name} voice", file=sys.stderr)
     if input_path is None:

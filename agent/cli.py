@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--limit", type=int, default=0, help="train on the first N clips only (the overfit gate)")
     p.add_argument("--positions-per-step", type=int, default=0, help="real positions per step (0 = 2048)")
-    p.add_argument("--row-length", type=int, default=0, help="packed row length (0 = 512)")
+    p.add_argument("--row-length", type=int, default=0, help="packed row length (0 = a row per sequence)")
     p.add_argument("--lr", type=float, default=0.0, help="peak LoRA learning rate (0 = 3e-4)")
     p.add_argument("--speech-lr", type=float, default=0.0, help="peak learning rate of the speech parts (0 = 1e-3)")
     p.add_argument("--val-every", type=int, default=0, help="steps between validations (0 = 200)")

@@ -35,12 +35,20 @@ class History:
         """The user's turn."""
         self.add("user", text)
 
+    def take_back_user(self, text: str) -> bool:
+        """Remove the last message if it is the user's ``text`` (a turn that went on); whether it was."""
+        if not self.messages or self.messages[-1] != {"role": "user", "content": text}:
+            return False
+        self.messages.pop()
+        self._lengths.pop()
+        return True
+
     def add_reply(self, heard: str, interrupted: bool) -> None:
-        """The agent's reply as the user heard it; a cut one is followed by a note saying so."""
+        """The agent's reply as the user heard it; a cut one is followed by a note saying so (if any was heard)."""
         if heard:
             self.add("assistant", heard)
-        if interrupted:
-            self.add("system", INTERRUPTED_NOTE)
+            if interrupted:
+                self.add("system", INTERRUPTED_NOTE)
 
     def chat(self) -> list[dict]:
         """The messages to prompt the model with: the system prompt, then the kept history."""

@@ -68,6 +68,17 @@ class SpeechStarted(HearingEvent):
 
 
 @dataclass(frozen=True)
+class SpeechLikely(HearingEvent):
+    """A speech-like chunk, before the VAD has heard enough to confirm speech; ``t`` is the chunk's start.
+
+    Only reported when asked for (``Listener(likely_speech=True)``): the agent pauses its voice on it,
+    so a barge-in is silenced without waiting for the VAD's confirmation.
+    """
+
+    kind: ClassVar[str] = "speech_likely"
+
+
+@dataclass(frozen=True)
 class SpeechEnded(HearingEvent):
     """The user stopped speaking (perhaps only for a pause); ``t`` is the true end of speech (no VAD hangover)."""
 

@@ -31,6 +31,7 @@ from agent.events import (
     HearingEvent,
     PartialTranscript,
     SpeechEnded,
+    SpeechLikely,
     SpeechStarted,
     TurnResumed,
     TurnScored,
@@ -107,6 +108,7 @@ class Listener:
         asr: Recognizer,
         turns: TurnDetector,
         partial_interval_ms: int = 300,
+        likely_speech: bool = False,
         resume_s: float = 0.0,
     ):
         self.vad = vad
@@ -114,10 +116,11 @@ class Listener:
         self.turns = turns
         self.partial_interval_ms = partial_interval_ms  # new speech between partial re-decodes
         self.resume_s = resume_s  # speech starting this soon after an ended turn's speech end continues it
+        self.likely_speech = likely_speech  # also report SpeechLikely: the first speech-like chunk of a run
         self._eot_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ttt-eot")
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> Listener:
+    def from_settings(cls, settings: Settings | None = None, likely_speech: bool = False) -> Listener:
         """The silero VAD, whisper and the LLM end-of-turn model, as ``settings`` configures them."""
         from agent.asr import WhisperAsr
         from audio_io.vad import SileroVad
@@ -128,7 +131,7 @@ class Listener:
         asr = WhisperAsr(s.asr, s.assets.whisper)
         backbone = load_backbone(s.assets.llm, s.assets.cache_dir, s.device)
         turns = build_turn_detector(s.turn, backbone)
-        return cls(vad, asr, turns, s.asr.partial_interval_ms, s.turn.resume_ms / 1000)
+        return cls(vad, asr, turns, s.asr.partial_interval_ms, likely_speech, s.turn.resume_ms / 1000)
 
     async def events(self, source: AudioSource) -> AsyncIterator[HearingEvent]:
         """Hear ``source`` until it ends, yielding speech edges, partials and ends of turn."""
@@ -174,6 +177,7 @@ class TurnTracker:
         self.candidate_ready: float | None = None  # fast mode: source time a speculative final (+ score) was ready
         self.last_partial = ""
         self.ended: _Ended | None = None  # the last turn, while speech starting again would continue it
+        self.likely = False  # a SpeechLikely was reported for the current run of speech-like chunks
 
     async def frame(self, frame: AudioFrame) -> AsyncIterator[HearingEvent]:
         """Feed one frame."""
@@ -187,6 +191,12 @@ class TurnTracker:
             self.transcriber.push(frame.samples)
         if not self.in_turn:
             self.preroll.append(frame)
+        if self.listener.likely_speech:
+            if self.vad.speaking and not self.vad.in_speech and not vad_events and not self.likely:
+                self.likely = True
+                yield SpeechLikely(self.clock.stamp(frame.t))
+            elif not self.vad.speaking or vad_events:
+                self.likely = False
         for vad_event in vad_events:
             async for event in self._vad_event(vad_event):
                 yield event

@@ -8,7 +8,9 @@ Barge-in: user speech over the agent pauses the playback at once (when the VAD c
 about 0.1 s after it began). If the speech lasts ``min_interruption_s`` (a cough or an "mhm" does
 not), the reply is interrupted: generation and tool calls are cancelled, and the history keeps
 only the words the user heard (from the playback position), followed by a note saying the reply
-was cut. Shorter speech was a false alarm: the playback resumes where it stopped.
+was cut. Shorter speech was a false alarm: the playback resumes where it stopped. When the user
+goes on right after an end of turn (``turn_resumed``) and nothing of the reply has played yet, the
+reply is dropped and the turn taken back: the whole turn comes with the next end of turn.
 
 Every event goes on the bus, stamped from the session clock.
 """
@@ -47,10 +49,12 @@ from agent.events import (
     Say,
     SessionClock,
     SpeechEnded,
+    SpeechLikely,
     SpeechStarted,
     ToolCallEnded,
     ToolCallStarted,
     TurnMetrics,
+    TurnResumed,
     Unmute,
 )
 from agent.playback import Playout
@@ -91,6 +95,7 @@ class AgentConfig:
 
     min_interruption_s: float = 0.3  # user speech over the agent shorter than this is not a barge-in
     vad_hangover_s: float = 0.16  # the VAD's min silence: how late it reports a speech end
+    confirm_s: float = 0.2  # how long after a speech-like chunk the VAD has confirmed real speech (min speech + chunks)
     poll_s: float = 0.02  # how often a paused reply checks whether to resume
     max_tool_rounds: int = 3  # tool calls one reply may chain before the agent gives up (and apologises)
 
@@ -191,7 +196,12 @@ class Agent:
         if self.muted:
             return
         self.emit(event)
-        if isinstance(event, SpeechStarted):
+        if isinstance(event, SpeechLikely):
+            reply = self.reply
+            if reply is not None and not reply.interrupted and not reply.playout.paused:
+                reply.playout.pause()  # silence at once; the VAD confirms speech (or not) in about 0.1 s
+                self._spawn(self._resume_unless_speech(reply, event.t))
+        elif isinstance(event, SpeechStarted):
             self._user_speech = (event.t, None)
             reply = self.reply
             if reply is not None and not reply.interrupted:
@@ -200,6 +210,12 @@ class Agent:
         elif isinstance(event, SpeechEnded):
             if self._user_speech is not None:
                 self._user_speech = (self._user_speech[0], event.t)
+        elif isinstance(event, TurnResumed):
+            reply = self.reply
+            if reply is not None and reply.turn is not None and reply.turn.t == event.ended_at:
+                if reply.playout.started_at is None:  # not a sound of it heard: drop it, the turn goes on
+                    await self._interrupt(reply, "user_speech", event.t)
+                    self.history.take_back_user(event.text)
         elif isinstance(event, EndOfTurn):
             if self.reply is not None:  # the user went on before the last reply played: it is stale
                 await self._interrupt(self.reply, "user_speech", self.now())
@@ -210,6 +226,14 @@ class Agent:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _resume_unless_speech(self, reply: Reply, likely_at: float) -> None:
+        """A click or a breath the VAD never confirms as speech: play on."""
+        await self.clock.wait_until(likely_at + self.config.confirm_s)
+        speech = self._user_speech
+        confirmed = speech is not None and speech[0] >= likely_at - self.config.confirm_s
+        if not confirmed and reply is self.reply and not reply.interrupted:
+            await reply.playout.resume()
 
     async def _check_barge_in(self, reply: Reply, start: float) -> None:
         """Once the VAD could have reported an end, decide: a barge-in, or a cough (resume)."""

@@ -11,6 +11,10 @@ Out (JSON, camelCase keys):
 In: ``hermes/tts/say`` {text, id, siteId}, ``hermes/asr/toggleOff`` / ``toggleOn`` {siteId} (mute,
 unmute) and ``ttt/<siteId>/interrupt``; messages for another site are ignored.
 
+Tools backed by MQTT (:func:`agent.tools.mqtt_tool`): a call is an MQTT 5 request, a JSON-RPC
+``tools/call`` body published to the tool's topic with a Response Topic (``ttt/<siteId>/tool_response``)
+and Correlation Data; the answer is the message on that topic carrying the same Correlation Data.
+
 The agent never waits for the broker: when it is down or goes away, events are dropped and the
 bridge reconnects with exponential backoff.
 """
@@ -18,6 +22,7 @@ bridge reconnects with exponential backoff.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import ssl
@@ -78,13 +83,21 @@ class MqttBridge:
         self.connections = 0  # successful connections so far (1 + reconnects)
         self._say_ids: set[str] = set()  # say commands in flight: their PlaybackFinished answers with sayFinished
         self._turn_start: float | None = None  # first speech start of the current user turn
+        self._client: Any = None  # the connected aiomqtt client, None while disconnected
+        self._requests: dict[bytes, asyncio.Future] = {}  # tool calls waiting for their answer, by correlation
+        self._request_ids = itertools.count(1)
+
+    @property
+    def response_topic(self) -> str:
+        """Where tool answers come back."""
+        return f"ttt/{self.site}/tool_response"
 
     @property
     def site(self) -> str:
         """The agent's Hermes siteId."""
         return self.config.site_id
 
-    def _client(self) -> Any:
+    def _new_client(self) -> Any:
         import aiomqtt
 
         tls = None
@@ -109,10 +122,12 @@ class MqttBridge:
         closed = asyncio.Event()
         while not closed.is_set():
             try:
-                async with self._client() as client:
+                async with self._new_client() as client:
                     for topic in ("hermes/tts/say", "hermes/asr/toggleOff", "hermes/asr/toggleOn"):
                         await client.subscribe(topic)
                     await client.subscribe(f"ttt/{self.site}/interrupt")
+                    await client.subscribe(self.response_topic)
+                    self._client = client
                     self.connections += 1
                     self.connected.set()
                     backoff = self.config.min_backoff_s
@@ -124,9 +139,11 @@ class MqttBridge:
                     try:
                         await self._publish_all(client, queue, closed)
                     finally:
+                        self._client = None
                         receiver.cancel()
                         await asyncio.gather(receiver, return_exceptions=True)
             except aiomqtt.MqttError as exc:
+                self._client = None
                 self.connected.clear()
                 log.warning(
                     "MQTT broker %s:%s: %s; retrying in %.1f s", self.config.host, self.config.port, exc, backoff
@@ -188,8 +205,62 @@ class MqttBridge:
         self._track(event)
         return out
 
+    async def call_tool(self, topic: str, name: str, arguments: dict[str, Any]) -> str:
+        """Call the tool served on ``topic``: an MQTT 5 request with a JSON-RPC ``tools/call`` body; its text result.
+
+        Raises ConnectionError while the broker is unreachable and RuntimeError for an error answer;
+        the caller's timeout bounds the wait.
+        """
+        import paho.mqtt.packettypes
+        import paho.mqtt.properties
+
+        client = self._client
+        if client is None:
+            raise ConnectionError(f"the MQTT broker {self.config.host}:{self.config.port} is not connected")
+        number = next(self._request_ids)
+        correlation = f"{self.site}-{number}".encode()
+        properties = paho.mqtt.properties.Properties(paho.mqtt.packettypes.PacketTypes.PUBLISH)
+        properties.ResponseTopic = self.response_topic
+        properties.CorrelationData = correlation
+        body = {
+            "jsonrpc": "2.0",
+            "id": number,
+            "method": "tools/call",
+            "params": {"name": name, "arguments": arguments},
+        }
+        answer = asyncio.get_running_loop().create_future()
+        self._requests[correlation] = answer
+        try:
+            await client.publish(topic, json.dumps(body), qos=1, properties=properties)
+            response = await answer
+        finally:
+            self._requests.pop(correlation, None)
+        if "error" in response:
+            raise RuntimeError(str(response["error"].get("message", response["error"])))
+        result = response.get("result")
+        if isinstance(result, dict) and "content" in result:  # the MCP shape: a list of content parts
+            text = " ".join(str(part.get("text", "")) for part in result["content"] if isinstance(part, dict))
+            if result.get("isError"):
+                raise RuntimeError(text or "the tool reported an error")
+            return text
+        return result if isinstance(result, str) else json.dumps(result)
+
+    def _answer(self, message: Any) -> None:
+        correlation = getattr(message.properties, "CorrelationData", None)
+        future = self._requests.get(bytes(correlation)) if correlation else None
+        if future is None or future.done():
+            return  # an answer nobody waits for (any more)
+        try:
+            response = json.loads(message.payload)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            response = {"error": {"message": f"the tool answered with something that is not JSON: {message.payload!r}"}}
+        future.set_result(response if isinstance(response, dict) else {"result": response})
+
     async def _receive(self, client: Any) -> None:
         async for message in client.messages:
+            if str(message.topic) == self.response_topic:
+                self._answer(message)
+                continue
             command = self.command(str(message.topic), message.payload)
             if command is not None:
                 if isinstance(command, Say):

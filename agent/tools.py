@@ -19,6 +19,7 @@ The model asks for a tool the way SmolLM2 was trained to, inside its reply text:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import importlib.util
 import inspect
@@ -101,6 +102,7 @@ class Tool:
     parameters: dict[str, Any]  # JSON schema of the arguments object
     fn: Callable[..., Any]
     timeout_s: float = DEFAULT_TIMEOUT_S  # a call running longer is abandoned and reported
+    mqtt_topic: str | None = None  # served over MQTT on this topic (see mqtt_tool), not by ``fn``
 
     @classmethod
     def from_function(cls, fn: Callable[..., Any], timeout_s: float = DEFAULT_TIMEOUT_S) -> Tool:
@@ -178,6 +180,34 @@ def tool(fn: Callable[..., Any] | None = None, *, timeout_s: float = DEFAULT_TIM
     return Tool.from_function(fn, timeout_s)
 
 
+def mqtt_tool(
+    name: str,
+    description: str,
+    parameters: dict[str, Any],
+    topic: str,
+    required: list[str] | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> Tool:
+    """A tool served by another program over MQTT (5, request/response), called on ``topic``.
+
+    ``parameters`` maps each argument to its type (str, int, float, bool, list[...] or a Literal);
+    all are required unless ``required`` names some. It answers once the session's MQTT bridge is
+    bound (``ttt chat --mqtt``); without one, a call fails and the agent apologises.
+    """
+    properties = {key: _schema_of(hint, f"tool {name}, parameter {key!r}") for key, hint in parameters.items()}
+    schema = {
+        "type": "object",
+        "properties": properties,
+        "required": list(parameters) if required is None else required,
+        "additionalProperties": False,
+    }
+
+    async def unbound(**arguments: Any) -> str:
+        raise ConnectionError(f"tool {name} is served over MQTT; run the agent with --mqtt HOST[:PORT]")
+
+    return Tool(name, description, schema, unbound, timeout_s, mqtt_topic=topic)
+
+
 @dataclass(frozen=True)
 class ToolCall:
     """A call the model asked for."""
@@ -232,6 +262,12 @@ class Toolbox:
     def __bool__(self) -> bool:
         return bool(self.tools)
 
+    def bind_mqtt(self, bridge: Any) -> None:
+        """Route the MQTT-backed tools' calls through ``bridge`` (an :class:`agent.mqtt.MqttBridge`)."""
+        for name, each in list(self.tools.items()):
+            if each.mqtt_topic is not None:
+                self.tools[name] = dataclasses.replace(each, fn=_mqtt_caller(bridge, each.mqtt_topic, name))
+
     def system_prompt(self, base: str) -> str:
         """``base`` plus the tools' schemas and how to call them."""
         schemas = json.dumps([t.chat_schema()["function"] for t in self.tools.values()])
@@ -267,6 +303,13 @@ class Toolbox:
         except Exception as exc:  # the tool's own failure is the model's information, not the loop's crash
             return ToolResult("error", f"{request.name} failed: {type(exc).__name__}: {exc}")
         return ToolResult("ok", value if isinstance(value, str) else json.dumps(value))
+
+
+def _mqtt_caller(bridge: Any, topic: str, name: str) -> Callable[..., Any]:
+    async def call(**arguments: Any) -> str:
+        return await bridge.call_tool(topic, name, arguments)
+
+    return call
 
 
 async def _within(awaitable: Any, timeout_s: float, clock: Any) -> Any:

@@ -178,10 +178,11 @@ class Packed:
     real: int  # positions that are not padding
 
 
-def pack(sequences: list[Positions], row_length: int) -> Packed:
+def pack(sequences: list[Positions], row_length: int = 0) -> Packed:
     """First-fit pack ``sequences`` (longest first) into rows of at most ``row_length`` positions.
 
-    A sequence longer than ``row_length`` gets a row of its own. Span ids are made unique per row;
+    A sequence longer than ``row_length`` gets a row of its own (``row_length`` 0: every one does,
+    and rows are padded to the longest). Span ids are made unique per row;
     a padding position attends only to itself, so its softmax stays finite.
     """
     if not sequences:

@@ -14,7 +14,7 @@ SCRIPT = ToneScript(["turn on the kitchen lights please", "book a table for", "f
 
 
 def hear(audio, frame_samples=FRAME_SAMPLES, unfinished=lambda text: text.endswith("for"), resume_s=0.0):
-    listener = tone_listener(SCRIPT, unfinished, resume_s)
+    listener = tone_listener(SCRIPT, unfinished, resume_s=resume_s)
 
     async def run():
         return [e async for e in listener.events(ChunkedSource(audio, frame_samples))]

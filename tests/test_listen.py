@@ -149,7 +149,7 @@ def test_cli_json_on_a_48k_stereo_file(teacher, tmp_path, capsys):
     assert kinds.count("end_of_turn") == 1
     for line in lines:
         assert isinstance(line["t"], float | int) and round(line["t"], 3) == line["t"]
-        assert ("text" in line) == (line["event"] in ("partial", "turn_scored", "end_of_turn"))
+        assert ("text" in line) == (line["event"] in ("partial", "turn_scored", "turn_resumed", "end_of_turn"))
     assert word_error_rate([text], [lines[-1]["text"]]) <= 0.15
     speech_end = 0.5 + len(speech) / 48000
     assert lines[-1]["t"] > speech_end

@@ -188,3 +188,83 @@ def test_the_conversation_goes_on_while_the_broker_is_down_and_the_bridge_reconn
     assert [a.heard_text for a in answers] == ["done", "done"]  # both turns answered
     captured = [p["text"] for t, p in received(during.sub) if t == "hermes/asr/textCaptured"]
     assert captured == [SCRIPT.texts[1]]  # published after the reconnection
+
+
+class Responder:
+    """An independent paho-mqtt client serving one tool: it answers JSON-RPC tools/call on its Response Topic."""
+
+    def __init__(self, port: int, topic: str):
+        import paho.mqtt.client as paho
+
+        self.requests: list[dict] = []
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe(topic, qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, message):
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        request = json.loads(message.payload)
+        self.requests.append(request)
+        reply = Properties(PacketTypes.PUBLISH)
+        reply.CorrelationData = message.properties.CorrelationData
+        city = request["params"]["arguments"]["city"]
+        body = {
+            "jsonrpc": "2.0",
+            "id": request["id"],
+            "result": {"content": [{"type": "text", "text": f"rain in {city}"}]},
+        }
+        client.publish(message.properties.ResponseTopic, json.dumps(body), qos=1, properties=reply)
+
+    def stop(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@needs_mosquitto
+def test_a_tool_served_over_mqtt_request_response(broker):
+    from agent.events import ToolCallEnded
+    from agent.tools import Toolbox, mqtt_tool
+
+    weather = mqtt_tool("get_weather", "The weather in a city.", {"city": str}, topic="home/weather/call", timeout_s=3)
+    silent = mqtt_tool("get_time", "The time.", {"city": str}, topic="home/nobody/call", timeout_s=1)
+    responder = Responder(broker.port, "home/weather/call")
+    asks = iter(["get_weather", "get_time"])
+
+    def answer(messages):
+        if messages[-1]["role"] == "tool":
+            return "here you go"
+        return f'<tool_call>{{"name": "{next(asks)}", "arguments": {{"city": "Oslo"}}}}</tool_call>'
+
+    clock = VirtualClock(realtime=True)
+    mic = VirtualMicrophone(clock, [(0.5, SCRIPT.speech(0)), (5.0, SCRIPT.speech(1))], tail_s=4.0)
+    toolbox = Toolbox([weather, silent])
+    agent = Agent(
+        tone_listener(SCRIPT), FakeVoice(clock, answer), VirtualSpeaker(clock), clock, History("s"), tools=toolbox
+    )
+    bridge = MqttBridge(MqttConfig("127.0.0.1", broker.port), agent.bus, agent.send, clock.now)
+    toolbox.bind_mqtt(bridge)
+
+    async def main():
+        task = asyncio.create_task(bridge.run())
+        await asyncio.wait_for(bridge.connected.wait(), 5)
+        await agent.run(mic)
+        await asyncio.wait_for(task, 5)
+
+    try:
+        asyncio.run(main())
+    finally:
+        responder.stop()
+    ended = [e for e in agent.bus.history if isinstance(e, ToolCallEnded)]
+    assert [(e.name, e.status) for e in ended] == [("get_weather", "ok"), ("get_time", "timeout")]
+    assert ended[0].output == "rain in Oslo"
+    (request,) = responder.requests
+    assert request["method"] == "tools/call" and request["params"] == {
+        "name": "get_weather",
+        "arguments": {"city": "Oslo"},
+    }
+    heard = [e.heard_text for e in agent.bus.history if isinstance(e, PlaybackFinished)]
+    assert heard == ["here you go", "Sorry, I could not do that."]

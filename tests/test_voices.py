@@ -66,7 +66,7 @@ def test_cancel_stops_the_text_at_the_next_token(streamer):
 
 def test_cascade_voices_the_text_as_it_is_written(streamer, teacher):
     from agent.voices import CascadeVoice
-    from model.talker import AudioChunk, TextDelta
+    from model.generate import AudioChunk, TextDelta
 
     voice = CascadeVoice(streamer, teacher)
 
