@@ -81,6 +81,7 @@ def agent_config(settings: Settings) -> AgentConfig:
     """The loop's timing from the settings."""
     return AgentConfig(
         min_interruption_s=settings.agent.min_interruption_ms / 1000,
+        preempt_wait_s=settings.agent.preempt_wait_ms / 1000,
         vad_hangover_s=settings.vad.min_silence_ms / 1000,
         confirm_s=settings.vad.min_speech_ms / 1000 + 0.1,
     )
