@@ -81,6 +81,46 @@ class _Drain:
             self.lines.append(line)
 
 
+@contextlib.contextmanager
+def chromium(microphone_wav: str | os.PathLike) -> Iterator[object]:
+    """Headless Debian Chromium (selenium) whose microphone plays ``microphone_wav`` once."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    driver_path = shutil.which("chromedriver")
+    if driver_path is None or shutil.which("chromium") is None:
+        raise RuntimeError("the browser tests need Debian's chromium and chromium-driver: run .ci/run to install them")
+    options = Options()
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--use-fake-ui-for-media-stream",  # grant the microphone
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={microphone_wav}%noloop",
+        "--autoplay-policy=no-user-gesture-required",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(driver_path))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_page(driver: object, done, timeout_s: float = 60.0) -> dict:
+    """Poll the page's ``window.ttt`` until ``done(state)`` or the timeout; returns the last state."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = driver.execute_script("return window.ttt")
+        if done(state) or time.monotonic() > deadline:
+            return state
+        time.sleep(0.2)
+
+
 def to_wire(samples16k: np.ndarray) -> np.ndarray:
     """16 kHz float32 -> 24 kHz float32."""
     import soxr

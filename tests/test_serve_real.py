@@ -9,14 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.realtime_client import ask, serve_process
+from tests.realtime_client import ask, chromium, serve_process, wait_page
 
 pytestmark = pytest.mark.slow
 
@@ -135,48 +134,23 @@ def test_two_clients_at_once_get_their_replies_while_a_third_sending_garbage_is_
 
 
 def test_the_browser_page_hears_a_spoken_question_and_plays_a_transcribed_reply(server, speech, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    driver_path = shutil.which("chromedriver")
-    if driver_path is None or shutil.which("chromium") is None:
-        pytest.fail(
-            "the browser test needs Debian's chromium and chromium-driver: run .ci/run (or apt-get install them)"
-        )
     question = speech("What is the capital of France?")
     mic = tmp_path / "mic.wav"
     sf.write(mic, np.concatenate([np.zeros(8000, np.float32), question, np.zeros(16000 * 10, np.float32)]), 16000)
-    options = Options()
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={mic}%noloop",
-        "--autoplay-policy=no-user-gesture-required",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(driver_path))
-    try:
+
+    def answered(state):
+        agent = [t for t in state["turns"] if t["who"] == "agent" and t["text"].strip()]
+        return agent and state["latencies"] and state["state"] == "listening" and state["playedSamples"] > 0
+
+    with chromium(mic) as driver:
         driver.get(f"http://127.0.0.1:{server}/")
         driver.find_element("id", "start").click()
-        deadline = time.monotonic() + 60
-        state = {}
-        while time.monotonic() < deadline:
-            state = driver.execute_script("return window.ttt")
-            agent = [t for t in state["turns"] if t["who"] == "agent" and t["text"].strip()]
-            if agent and state["latencies"] and state["state"] == "listening" and state["playedSamples"] > 0:
-                break
-            time.sleep(0.25)
+        state = wait_page(driver, answered)
         shot = tmp_path / "serve_page.png"
         driver.save_screenshot(str(shot))
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, ARTIFACTS / "serve_page.png")
         page_text = driver.find_element("id", "log").text
-    finally:
-        driver.quit()
     users = [t["text"] for t in state["turns"] if t["who"] == "you"]
     agents = [t["text"] for t in state["turns"] if t["who"] == "agent"]
     assert any("capital of france" in u.lower() for u in users), state
