@@ -26,9 +26,23 @@ WIRE_RATE = 24_000
 CHUNK_S = 0.05  # a microphone's message every 50 ms
 
 
+@dataclass(frozen=True)
+class Served:
+    """A running ``ttt serve`` process."""
+
+    port: int
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server has used so far (Linux /proc)."""
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
-def serve_process(*args: str, timeout_s: float = 240.0) -> Iterator[int]:
-    """``ttt serve --port 0 ARGS`` in a subprocess; yields its port once /healthz says the models are in."""
+def serve_process(*args: str, timeout_s: float = 240.0) -> Iterator[Served]:
+    """``ttt serve --port 0 ARGS`` in a subprocess; yields it once /healthz says the models are in."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "agent.cli", "serve", "--port", "0", *args]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -55,7 +69,7 @@ def serve_process(*args: str, timeout_s: float = 240.0) -> Iterator[int]:
             time.sleep(0.5)
         drain = _Drain(proc)
         drain.start()
-        yield port
+        yield Served(port, proc.pid)
     finally:
         proc.terminate()
         try:

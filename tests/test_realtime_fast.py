@@ -472,3 +472,29 @@ def test_the_fair_lock_makes_two_busy_users_take_turns():
         longest = max(longest, runs)
     # Once both are waiting, each release hands the lock to the other: runs stay short.
     assert longest <= 3, "".join(order)
+
+
+def test_a_scheduled_talker_takes_a_turn_per_forward_pass_and_says_the_same():
+    import torch
+    from transformers import AutoTokenizer
+
+    from agent.serve import ScheduledTalker
+    from model.assets import llm_source
+    from model.generate import GenerationOptions, stream
+    from tests.test_talker import MESSAGES, FakeCodec, _summary, tiny_talker
+
+    class CountingLock(FairLock):
+        entered = 0
+
+        def __enter__(self):
+            CountingLock.entered += 1
+            return super().__enter__()
+
+    talker = tiny_talker(AutoTokenizer.from_pretrained(llm_source()))
+    options = GenerationOptions(max_new_tokens=8, temperature=1.0, seed=3)
+    lock = CountingLock()
+    with torch.inference_mode():
+        direct = list(talker.stream(MESSAGES, FakeCodec(), options=options))
+        scheduled = list(stream(ScheduledTalker(talker, lock), MESSAGES, FakeCodec(), options=options))
+    assert _summary(scheduled) == _summary(direct)
+    assert CountingLock.entered >= 8  # every text step (and every unmasking pass) asked for its turn

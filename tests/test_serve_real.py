@@ -24,8 +24,8 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "runs" / "test-artifacts"
 
 @pytest.fixture(scope="module")
 def server():
-    with serve_process("--reply", "piper") as port:
-        yield port
+    with serve_process("--reply", "piper") as served:
+        yield served.port
 
 
 @pytest.fixture(scope="module")
