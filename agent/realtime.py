@@ -554,6 +554,7 @@ class RealtimeSession:
             self._finish_response(response, "cancelled" if event.interrupted else "completed")
         elif isinstance(event, TurnMetrics):
             self.metrics.append(event)
+            log.info("session %s turn %s", self.sid, json.dumps(event.to_json()))
         elif isinstance(event, ErrorEvent):
             self.error(f"server_{event.component}_error", event.message)
 

@@ -326,6 +326,11 @@ def _json_response(connection: Any, status: HTTPStatus, body: dict) -> Any:
 def run_serve(settings: Settings, config: ServeConfig) -> int:
     """``ttt serve``: listen at once, load the models, serve until interrupted."""
     server = RealtimeServer(config)
+    handler = logging.StreamHandler(sys.stdout)  # sessions opening and closing, each turn's latencies
+    handler.setFormatter(logging.Formatter("ttt serve: %(message)s"))
+    for name in ("ttt.serve", "ttt.realtime"):
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).setLevel(logging.INFO)
 
     async def main() -> None:
         await server.start()

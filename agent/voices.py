@@ -131,7 +131,7 @@ class CascadeVoice:
         self.min_words = min_words  # a clause shorter than this waits for more (Piper sounds odd on one word)
         self.max_words = max_words  # a clause this long is voiced even without punctuation
         self.first_words = first_words  # ...and the first one already at this length, so sound starts soon
-        # The one thread that runs Piper: voices sharing a teacher share it (espeak is not thread-safe).
+        # The one thread that runs Piper; voices sharing a teacher share it (espeak-ng keeps global state).
         self.synth = synth or ThreadPoolExecutor(max_workers=1, thread_name_prefix="ttt-piper")
 
     def reply(self, messages: list[dict], cancel: threading.Event) -> AsyncIterator[Any]:

@@ -80,10 +80,15 @@ def main() -> None:
     with serve_process("--reply", args.reply) as served:
         asyncio.run(ask(served.port, speeches[0]))  # warm-up, not counted
         for name, run in (("one_session", one_at_a_time), ("two_sessions", two_at_once)):
-            cpu, wall = served.cpu_seconds(), time.monotonic()
+            cpu, wall, seen = served.cpu_seconds(), time.monotonic(), len(served.turn_metrics())
             latencies = asyncio.run(run(served.port, speeches))
+            server = served.turn_metrics()[seen:]  # the server's own stamps of the same turns
             results[name] = {
                 **summary(latencies),
+                "server_p50_ms": {
+                    stage: round(1000 * statistics.median(m[stage] for m in server))
+                    for stage in ("voiceToVoiceS", "turnWaitS", "firstTextS", "firstAudioS", "playoutS")
+                },
                 "server_cpu_s_per_turn": round((served.cpu_seconds() - cpu) / len(latencies), 2),
                 "wall_s": round(time.monotonic() - wall, 1),
             }

@@ -32,6 +32,11 @@ class Served:
 
     port: int
     pid: int
+    output: list[str]  # the server's output lines so far (each answered turn's latencies among them)
+
+    def turn_metrics(self) -> list[dict]:
+        """The server's own per-turn latencies (its ``metrics`` events), in order."""
+        return [json.loads(line.split(" turn ", 1)[1]) for line in list(self.output) if " turn {" in line]
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the server has used so far (Linux /proc)."""
@@ -69,7 +74,7 @@ def serve_process(*args: str, timeout_s: float = 240.0) -> Iterator[Served]:
             time.sleep(0.5)
         drain = _Drain(proc)
         drain.start()
-        yield Served(port, proc.pid)
+        yield Served(port, proc.pid, drain.lines)
     finally:
         proc.terminate()
         try:

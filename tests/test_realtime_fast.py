@@ -104,6 +104,12 @@ class Client:
         for start in range(0, len(wire), step):
             await self.send("input_audio_buffer.append", audio=encode_pcm16(wire[start : start + step]))
 
+    async def type_and_ask(self, text):
+        """A typed user message, then a request for the reply."""
+        item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+        await self.send("conversation.item.create", item=item)
+        await self.send("response.create")
+
     def types(self):
         return [e["type"] for e in self.events]
 
@@ -167,11 +173,7 @@ async def test_a_spoken_question_gets_its_transcript_then_a_spoken_answer_in_pro
 async def test_audio_goes_out_at_the_pace_the_client_plays_it():
     async with Harness() as h:
         client = await open_client(h)
-        await client.send(
-            "conversation.item.create",
-            item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "tell me a story"}]},
-        )
-        await client.send("response.create")
+        await client.type_and_ask("tell me a story")
         loop = asyncio.get_running_loop()
         arrivals = []
         while (event := await client.next())["type"] != "response.done":
@@ -256,9 +258,7 @@ async def test_a_client_tool_is_called_back_and_its_output_continues_the_reply()
 async def test_truncate_cuts_the_reply_where_the_client_stopped_playing_it():
     async with Harness() as h:
         client = await open_client(h)
-        item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "tell me a story"}]}
-        await client.send("conversation.item.create", item=item)
-        await client.send("response.create")
+        await client.type_and_ask("tell me a story")
         delta = await client.until("response.output_audio.delta")
         await asyncio.sleep(0.5)
         await client.send("conversation.item.truncate", item_id=delta["item_id"], content_index=0, audio_end_ms=700)
@@ -279,9 +279,7 @@ async def test_truncate_cuts_the_reply_where_the_client_stopped_playing_it():
 async def test_a_reply_truncated_after_it_played_keeps_only_the_heard_words_in_the_history():
     async with Harness() as h:
         client = await open_client(h)
-        item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}
-        await client.send("conversation.item.create", item=item)
-        await client.send("response.create")
+        await client.type_and_ask("hi")
         done = await client.until("response.done")
         item_id = done["response"]["output"][0]["id"]
         await asyncio.sleep(0.1)
@@ -300,9 +298,7 @@ async def test_a_reply_truncated_after_it_played_keeps_only_the_heard_words_in_t
 async def test_speech_over_the_reply_cuts_it_and_reports_turn_detected():
     async with Harness() as h:
         client = await open_client(h)
-        item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "tell me a story"}]}
-        await client.send("conversation.item.create", item=item)
-        await client.send("response.create")
+        await client.type_and_ask("tell me a story")
         await client.until("response.output_audio.delta")
         await client.speak(1, silence_s=1.0)
         done = await client.until("response.done")
@@ -317,9 +313,7 @@ async def test_speech_over_the_reply_cuts_it_and_reports_turn_detected():
 async def test_response_cancel_stops_the_reply_and_a_second_create_while_busy_is_refused():
     async with Harness() as h:
         client = await open_client(h)
-        item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "tell me a story"}]}
-        await client.send("conversation.item.create", item=item)
-        await client.send("response.create")
+        await client.type_and_ask("tell me a story")
         await client.until("response.created")
         await client.send("response.create")
         assert (await client.until("error"))["error"]["code"] == "conversation_already_has_active_response"
@@ -383,9 +377,7 @@ async def test_two_sessions_at_once_keep_their_own_conversations():
 async def test_a_disconnect_frees_the_session_at_once():
     async with Harness(word_s=0.5) as h:
         client = await open_client(h)
-        item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "tell me a story"}]}
-        await client.send("conversation.item.create", item=item)
-        await client.send("response.create")
+        await client.type_and_ask("tell me a story")
         await client.until("response.output_audio.delta")
         await client.ws.close()
         for _ in range(50):
