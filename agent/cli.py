@@ -92,9 +92,9 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     )
     try:
         config.check()
+        return run_serve(settings, config)
     except ServeError as exc:
         raise UserError(str(exc)) from None
-    return run_serve(settings, config)
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:

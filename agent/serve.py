@@ -333,7 +333,10 @@ def run_serve(settings: Settings, config: ServeConfig) -> int:
         logging.getLogger(name).setLevel(logging.INFO)
 
     async def main() -> None:
-        await server.start()
+        try:
+            await server.start()
+        except OSError as exc:
+            raise ServeError(f"cannot listen on {config.host}:{config.port} ({exc}); pick another --port") from None
         url = f"http://{config.host}:{server.port}"
         print(f"ttt serve: listening on {url} (page {url}/, Realtime ws://{config.host}:{server.port}{REALTIME_PATH})")
         print("ttt serve: loading the models...", file=sys.stderr, flush=True)
