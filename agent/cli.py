@@ -78,21 +78,14 @@ def _cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    import os
+    from agent.serve import ServeError, check_config, run_serve
 
-    from agent.serve import ServeConfig, ServeError, run_serve
-
-    config = ServeConfig(
-        host=args.host,
-        port=args.port,
-        token=args.token or os.environ.get("TTT_SERVE_TOKEN") or None,
-        max_sessions=args.max_sessions,
-        max_message_bytes=args.max_message_bytes,
-        reply=args.reply,
-    )
+    for name in ("host", "port", "token", "max_sessions", "max_message_bytes"):
+        if getattr(args, name) is not None:
+            setattr(settings.serve, name, getattr(args, name))
     try:
-        config.check()
-        return run_serve(settings, config)
+        check_config(settings.serve)
+        return run_serve(settings, args.reply)
     except ServeError as exc:
         raise UserError(str(exc)) from None
 
@@ -263,13 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print every event as one JSON object a line")
 
     p = command("serve", _cmd_serve, "serve the agent over the OpenAI Realtime protocol (WebSocket) and a web page")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; others need --token)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    p.add_argument("--token", help="secret clients must present (Bearer header); default $TTT_SERVE_TOKEN")
-    p.add_argument("--max-sessions", type=int, default=4, help="sessions at once (default 4)")
-    p.add_argument(
-        "--max-message-bytes", type=int, default=1 << 20, help="largest client message; bigger closes it (1 MiB)"
-    )
+    p.add_argument("--host", help="interface to bind (default serve.host, 127.0.0.1; others need a token)")
+    p.add_argument("--port", type=int, help="port (default serve.port, 8000; 0 picks a free one)")
+    p.add_argument("--token", help="secret clients must present (Bearer header); better: TTT_SERVE__TOKEN")
+    p.add_argument("--max-sessions", type=int, help="sessions at once (default serve.max_sessions, 4)")
+    p.add_argument("--max-message-bytes", type=int, help="largest client message; bigger closes it (1 MiB)")
     p.add_argument("--reply", choices=["auto", "talker", "piper"], help="who answers (default: agent.reply, auto)")
 
     command("demo", _cmd_demo, "the main job on the embedded defaults: a spoken conversation with the agent")

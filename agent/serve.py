@@ -32,7 +32,6 @@ import logging
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from types import SimpleNamespace
@@ -40,7 +39,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from agent.realtime import RealtimeSession, SessionParts
-from agent.settings import Settings
+from agent.settings import ServeSettings, Settings
 
 log = logging.getLogger("ttt.serve")
 
@@ -53,26 +52,15 @@ class ServeError(ValueError):
     """A server that cannot be started as asked (the message says what to change)."""
 
 
-@dataclass
-class ServeConfig:
-    """How ``ttt serve`` listens."""
-
-    host: str = "127.0.0.1"  # the interface to bind; anything but loopback needs a token
-    port: int = 8000  # 0 picks a free port (printed at start)
-    token: str | None = None  # the secret clients must present; None: no check (loopback only)
-    max_sessions: int = 4  # sessions at once; more are refused (503) until one ends
-    max_message_bytes: int = 1 << 20  # a bigger client message closes its connection (1009)
-    reply: str | None = None  # the voice: auto, talker or piper (default: agent.reply)
-
-    def check(self) -> None:
-        """ServeError when the configuration is unsafe or impossible."""
-        if not is_loopback(self.host) and not self.token:
-            raise ServeError(
-                f"binding to {self.host} exposes the agent to the network; give --token TOKEN (clients send it as "
-                "'Authorization: Bearer TOKEN'), or bind to 127.0.0.1"
-            )
-        if self.max_sessions < 1 or self.max_message_bytes < 1024:
-            raise ServeError("--max-sessions must be >= 1 and --max-message-bytes >= 1024")
+def check_config(config: ServeSettings) -> None:
+    """ServeError when serving as ``config`` says would be unsafe or impossible."""
+    if not is_loopback(config.host) and not config.token:
+        raise ServeError(
+            f"binding to {config.host} exposes the agent to the network; give --token TOKEN (clients send it as "
+            "'Authorization: Bearer TOKEN'), or bind to 127.0.0.1"
+        )
+    if config.max_sessions < 1 or config.max_message_bytes < 1024:
+        raise ServeError("--max-sessions must be >= 1 and --max-message-bytes >= 1024")
 
 
 def is_loopback(host: str) -> bool:
@@ -190,8 +178,8 @@ class Models:
 class RealtimeServer:
     """The HTTP + WebSocket server; ``make_parts`` builds a session's parts once the models are in."""
 
-    def __init__(self, config: ServeConfig):
-        config.check()
+    def __init__(self, config: ServeSettings):
+        check_config(config)
         self.config = config
         self.make_parts: Callable[[], SessionParts] | None = None  # set once the models are loaded
         self.voice_name = ""
@@ -323,8 +311,9 @@ def _json_response(connection: Any, status: HTTPStatus, body: dict) -> Any:
     return response
 
 
-def run_serve(settings: Settings, config: ServeConfig) -> int:
-    """``ttt serve``: listen at once, load the models, serve until interrupted."""
+def run_serve(settings: Settings, reply: str | None = None) -> int:
+    """``ttt serve`` as ``settings.serve`` says: listen at once, load the models, serve until interrupted."""
+    config = settings.serve
     server = RealtimeServer(config)
     handler = logging.StreamHandler(sys.stdout)  # sessions opening and closing, each turn's latencies
     handler.setFormatter(logging.Formatter("ttt serve: %(message)s"))
@@ -341,7 +330,7 @@ def run_serve(settings: Settings, config: ServeConfig) -> int:
         print(f"ttt serve: listening on {url} (page {url}/, Realtime ws://{config.host}:{server.port}{REALTIME_PATH})")
         print("ttt serve: loading the models...", file=sys.stderr, flush=True)
         sys.stdout.flush()
-        models = await asyncio.get_running_loop().run_in_executor(None, Models, settings, config.reply)
+        models = await asyncio.get_running_loop().run_in_executor(None, Models, settings, reply)
         server.voice_name = models.voice_name
         server.make_parts = models.parts
         print(f"ttt serve: ready, the agent answers with the {models.voice_name} voice", flush=True)

@@ -23,7 +23,8 @@ from agent.dialogue import INTERRUPTED_NOTE
 from agent.events import MonotonicClock
 from agent.realtime import SessionParts
 from agent.realtime_audio import decode_pcm16, encode_pcm16
-from agent.serve import FairLock, RealtimeServer, ServeConfig, ServeError
+from agent.serve import FairLock, RealtimeServer, ServeError, check_config
+from agent.settings import ServeSettings
 from tests.fakes import WORD_AUDIO_S, FakeVoice, ToneScript, tone_listener
 
 SCRIPT = ToneScript(["what is the weather like", "tell me about trains", "tell me a story"])
@@ -45,7 +46,7 @@ class Harness:
     """The server on fakes; ``voices`` are the sessions' voices in order."""
 
     def __init__(self, word_s=0.02, **config):
-        self.server = RealtimeServer(ServeConfig(port=0, **config))
+        self.server = RealtimeServer(ServeSettings(port=0, **config))
         self.word_s = word_s  # the fake voice's compute per word
         self.voices: list[FakeVoice] = []
         self.listeners = []
@@ -410,7 +411,7 @@ async def test_the_token_is_required_by_header_or_subprotocol_and_foreign_pages_
 async def test_healthz_waits_for_the_models_and_the_page_is_served():
     import urllib.request
 
-    server = RealtimeServer(ServeConfig(port=0))
+    server = RealtimeServer(ServeSettings(port=0))
     await server.start()
     base = f"http://127.0.0.1:{server.port}"
 
@@ -437,9 +438,9 @@ async def test_healthz_waits_for_the_models_and_the_page_is_served():
 
 def test_binding_beyond_loopback_needs_a_token():
     with pytest.raises(ServeError, match="--token"):
-        ServeConfig(host="0.0.0.0").check()
-    ServeConfig(host="0.0.0.0", token="t").check()
-    ServeConfig(host="::1").check()
+        check_config(ServeSettings(host="0.0.0.0"))
+    check_config(ServeSettings(host="0.0.0.0", token="t"))
+    check_config(ServeSettings(host="::1"))
 
 
 def test_the_fair_lock_makes_two_busy_users_take_turns():
