@@ -73,6 +73,9 @@ def test_the_openai_client_speaks_a_question_and_gets_transcript_and_audio(serve
     check_reply(turn, whisper, ["capital", "france"])
     order = ["input_audio_buffer.speech_started", "input_audio_buffer.committed", "response.created"]
     assert [turn.types().index(t) for t in order] == sorted(turn.types().index(t) for t in order)
+    partials = [e["delta"] for e in turn.events if e["type"] == "conversation.item.input_audio_transcription.delta"]
+    # The live transcript: the partials' stable words, as they are decided, then the final one.
+    assert partials and turn.user_transcript.startswith("".join(partials)), (partials, turn.user_transcript)
     print(
         f"openai client: {turn.user_transcript!r} -> {turn.reply_transcript!r}, "
         f"voice to voice {1000 * turn.voice_to_voice_s:.0f} ms at the client"
@@ -159,4 +162,4 @@ def test_the_browser_page_hears_a_spoken_question_and_plays_a_transcribed_reply(
     assert state["latencies"] and 0 < state["latencies"][0] < 8000, state
     assert not state["errors"], state
     assert "agent:" in page_text and "voice to voice" in page_text
-    print(f"page: {page_text!r}; screenshot {ARTIFACTS / 'serve_page.png'}")
+    print(f"page: {page_text!r}, {state['partials']} partial pieces; screenshot {ARTIFACTS / 'serve_page.png'}")
