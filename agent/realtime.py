@@ -271,7 +271,7 @@ class RealtimeSession:
             "audio": {
                 "input": {
                     "format": dict(AUDIO_FORMAT),
-                    "transcription": {"model": "whisper-1", "language": "en"},
+                    "transcription": {"model": "whisper-tiny.en", "language": "en"},  # what hears it
                     "turn_detection": None if self.turn_detection is None else dict(self.turn_detection),
                     "noise_reduction": None,
                 },
@@ -422,8 +422,9 @@ class RealtimeSession:
         playing = [r for r in self._responses.values() if r.item is not None and r.item["id"] == item_id]
         if playing:
             response = playing[0]
-            if response.playout is not None:  # still playing here: cut it where the client stopped
-                response.playout.hold_at(end_ms / 1000)
+            reply = self.agent.reply
+            if response.playout is not None and reply is not None and reply.id == response.reply_id:
+                response.playout.hold_at(end_ms / 1000)  # still playing here: cut it where the client stopped
                 response.cancel_reason = response.cancel_reason or "turn_detected"
                 self.agent.send(Interrupt(self.agent.now()))
         elif item_id in self._said:
@@ -432,8 +433,8 @@ class RealtimeSession:
             playout = said.response.playout
             messages = self.history.messages
             if playout is not None and 0 <= index < len(messages) and messages[index]["content"] == said.heard:
-                self.history.cut_reply(index, playout.heard(end_ms / 1000))
-                said.heard = self.history.messages[index]["content"] if playout.heard(end_ms / 1000) else ""
+                said.heard = playout.heard(end_ms / 1000)
+                self.history.cut_reply(index, said.heard)
         else:
             raise ProtocolError("item_not_found", f"no assistant audio item {item_id!r} to truncate", "item_id")
         self.emit("conversation.item.truncated", item_id=item_id, content_index=0, audio_end_ms=end_ms)
