@@ -77,6 +77,7 @@ log = logging.getLogger("ttt.realtime")
 CLIENT_TOOL_TIMEOUT_S = 60.0  # a client's tool may take this long to answer (it may ask its user)
 MAX_ERRORS = 8  # bad client events in a row before the connection is closed
 MIN_COMMIT_S = 0.1  # a manual commit needs at least this much audio (the API's own minimum)
+MAX_COMMIT_S = 300.0  # a manual buffer holds at most this much audio; the rest is refused until a commit
 AUDIO_FORMAT = {"type": "audio/pcm", "rate": WIRE_RATE}
 DEFAULT_TURN_DETECTION = {"type": "server_vad", "create_response": True, "interrupt_response": True}
 
@@ -150,6 +151,28 @@ class _Tap(EventBus):
         self.on_event(event)
 
 
+class _ManualBuffer:
+    """The audio since the last manual commit, up to MAX_COMMIT_S."""
+
+    def __init__(self) -> None:
+        self.pieces: list[np.ndarray] = []
+        self.seconds = 0.0
+        self.refused = 0  # frames that did not fit
+
+    def add(self, samples: np.ndarray) -> bool:
+        """Keep ``samples`` (16 kHz) if they fit; False if the buffer is full."""
+        if self.seconds >= MAX_COMMIT_S:
+            self.refused += 1
+            return False
+        self.pieces.append(samples)
+        self.seconds += len(samples) / 16_000
+        return True
+
+    def audio(self) -> np.ndarray:
+        """Everything kept, in one array."""
+        return np.concatenate(self.pieces) if self.pieces else np.zeros(0, np.float32)
+
+
 class RealtimeHearing:
     """The loop's hearing for a session: the Listener's turn tracking, or the client's manual commits."""
 
@@ -160,18 +183,18 @@ class RealtimeHearing:
     async def events(self, source: StreamSource) -> AsyncIterator[HearingEvent]:  # type: ignore[override]
         """Hearing events of the client's audio, translated for the client as they happen."""
         tracker = TurnTracker(self.listener, ComputeClock(source))
-        manual: list[np.ndarray] = []  # audio since the last commit, without turn detection
+        manual = _ManualBuffer()  # audio since the last commit, without turn detection
         detecting = self.session.turn_detection is not None
         try:
             async for item in source.frames():
                 if (self.session.turn_detection is not None) != detecting:  # session.update switched modes
                     detecting = not detecting
                     tracker.close()
-                    tracker, manual = TurnTracker(self.listener, ComputeClock(source)), []
+                    tracker, manual = TurnTracker(self.listener, ComputeClock(source)), _ManualBuffer()
                 if isinstance(item, Mark):
                     if item.kind == "clear":
                         tracker.close()
-                        tracker, manual = TurnTracker(self.listener, ComputeClock(source)), []
+                        tracker, manual = TurnTracker(self.listener, ComputeClock(source)), _ManualBuffer()
                         self.session.cleared()
                     elif detecting:
                         async for event in tracker.finish():  # the client ends the turn now
@@ -180,12 +203,12 @@ class RealtimeHearing:
                         tracker.close()
                         tracker = TurnTracker(self.listener, ComputeClock(source))
                     else:
-                        audio, manual = (np.concatenate(manual) if manual else np.zeros(0, np.float32)), []
+                        audio, manual = manual.audio(), _ManualBuffer()
                         await self.session.commit(audio)
                     continue
                 if not detecting:
-                    if not isinstance(item, FillerFrame):
-                        manual.append(item.samples)
+                    if not isinstance(item, FillerFrame) and not manual.add(item.samples) and manual.refused == 1:
+                        self.session.error("input_audio_buffer_full", f"over {MAX_COMMIT_S:g} s uncommitted; commit")
                     continue
                 async for event in tracker.frame(item):
                     if self.session.heard(event):
@@ -389,7 +412,10 @@ class RealtimeSession:
             samples = decode_pcm16(event.get("audio"))
         except WireAudioError as exc:
             raise ProtocolError("invalid_audio", str(exc), "audio") from None
-        self.source.push(samples)
+        try:
+            self.source.push(samples)
+        except WireAudioError as exc:
+            raise ProtocolError("input_audio_buffer_overflow", str(exc), "audio") from None
 
     def _item_create(self, event: dict) -> None:
         item = _object(event, "item")

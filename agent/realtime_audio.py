@@ -82,8 +82,9 @@ class StreamSource(AudioSource):
 
     realtime = True  # live: events are stamped when they happen
 
-    def __init__(self, stall_s: float = 0.25):
+    def __init__(self, stall_s: float = 0.25, max_queued_s: float = 30.0):
         self.stall_s = stall_s  # without audio for this long, the client is heard as silence
+        self.max_queued_s = max_queued_s  # audio sent ahead of the hearing beyond this is refused (memory)
         self._origin = time.monotonic()  # the session's start on the wall clock
         self._queue: asyncio.Queue[AudioFrame | Mark | None] = asyncio.Queue()
         self._resample = _resampler(WIRE_RATE, SAMPLE_RATE)
@@ -106,7 +107,11 @@ class StreamSource(AudioSource):
         return max(0, round(1000 * (t - filled)))
 
     def push(self, samples: np.ndarray) -> None:
-        """Audio from the client (24 kHz float32), queued as whole frames."""
+        """Audio from the client (24 kHz float32), queued as whole frames; WireAudioError when too far ahead."""
+        if self._framed_until - self._heard_until + len(samples) / WIRE_RATE > self.max_queued_s:
+            raise WireAudioError(
+                f"over {self.max_queued_s:g} s of audio wait to be heard: send it as it is captured (real time)"
+            )
         self.received_s += len(samples) / WIRE_RATE
         self._frame(self._resample.resample_chunk(samples))
 

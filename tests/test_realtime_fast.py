@@ -363,6 +363,20 @@ async def test_garbage_gets_errors_then_the_door_and_other_sessions_never_notice
         await good.ws.close()
 
 
+async def test_audio_sent_far_ahead_of_real_time_is_refused_and_the_session_goes_on():
+    async with Harness() as h:
+        client = await open_client(h)
+        session = next(iter(h.server.sessions))
+        session.source.max_queued_s = 1.0  # (30 s by default)
+        # 3 s in one message: more than may wait to be heard (a client far ahead of real time)
+        await client.send("input_audio_buffer.append", audio=encode_pcm16(np.zeros(3 * 24000, np.float32)))
+        error = (await client.until("error"))["error"]
+        assert error["code"] == "input_audio_buffer_overflow" and "real time" in error["message"]
+        await client.type_and_ask("hi")
+        assert (await client.until("response.done"))["response"]["status"] == "completed"
+        await client.ws.close()
+
+
 async def test_two_sessions_at_once_keep_their_own_conversations():
     async with Harness() as h:
         a, b = await open_client(h), await open_client(h)
