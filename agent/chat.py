@@ -26,6 +26,7 @@ from agent.events import (
     SourceClock,
     ToolCallEnded,
     TurnMetrics,
+    TurnResumed,
 )
 from agent.listen import Listener
 from agent.loop import Agent, AgentConfig, Voice
@@ -80,6 +81,7 @@ def agent_config(settings: Settings) -> AgentConfig:
     """The loop's timing from the settings."""
     return AgentConfig(
         min_interruption_s=settings.agent.min_interruption_ms / 1000,
+        preempt_wait_s=settings.agent.preempt_wait_ms / 1000,
         vad_hangover_s=settings.vad.min_silence_ms / 1000,
         confirm_s=settings.vad.min_speech_ms / 1000 + 0.1,
     )
@@ -89,7 +91,11 @@ def describe(event: Event) -> str | None:
     """One readable line for the events a person watching the conversation cares about."""
     if isinstance(event, EndOfTurn):
         return f"{event.t:8.2f}s  user:  {event.text}"
+    if isinstance(event, TurnResumed):
+        return f"{event.t:8.2f}s  (the user went on: the same turn)"
     if isinstance(event, PlaybackFinished):
+        if event.interrupted and not event.heard_text:
+            return None  # dropped before a sound of it played
         cut = "  [interrupted]" if event.interrupted else ""
         return f"{event.t:8.2f}s  agent: {event.heard_text}{cut}"
     if isinstance(event, TurnMetrics):

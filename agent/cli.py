@@ -175,6 +175,12 @@ def _cmd_train_codec(args: argparse.Namespace, settings: Settings) -> int:
     return run_train_codec(args)
 
 
+def _cmd_train_turn(args: argparse.Namespace, settings: Settings) -> int:
+    from training.train_turn import run_train_turn
+
+    return run_train_turn(args, settings)
+
+
 def _cmd_data_align(args: argparse.Namespace, settings: Settings) -> int:
     import torch
 
@@ -274,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON line with the timings")
 
     p = command("bench", _cmd_bench, "benchmarks: speed and latency, reported as medians")
-    p.add_argument("what", nargs="?", choices=["listen", "turn", "say"], help="what to measure")
+    p.add_argument("what", nargs="?", choices=["listen", "turn", "real", "say"], help="what to measure")
     p.add_argument("--repeats", type=int, default=3, help="repetitions (medians are reported)")
     p.add_argument("--turns", type=int, default=0, help="spoken turns through the whole loop in real time, per voice")
     p.add_argument(
@@ -282,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--gap-s", type=float, default=9.0, help="with --turns: silence after each question")
     p.add_argument("--png", metavar="FILE", help="with --turns: plot voice-to-voice latency per turn")
+    p.add_argument("--cases", type=int, default=0, help="turn: first N of each held-out set; real: N prompts (80)")
+    p.add_argument("--offline", action="store_true", help="turn, real: hear each case from its parts (CPU-time bounds)")
 
     # nested commands ("ttt data synth", "ttt train codec"...): one group parser per first word
     groups: dict[str, argparse._SubParsersAction] = {}
@@ -341,6 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--adversarial", type=float, default=0.0, metavar="W", help="weight of a mel discriminator's loss (0 = off)"
     )
+
+    p = subcommand("train", "turn", _cmd_train_turn, "train the end-of-turn head and choose its wait policy")
+    p.add_argument("--run", default="runs/turn", help="run folder: examples, features, head, policy")
+    p.add_argument("--epochs", type=int, default=12, help="passes over the training features")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--export", metavar="DIR", help="also export the head and its card to DIR (turn_head.*)")
+    p.add_argument("--limit", type=int, default=0, help="train on the first N examples only (0 = all)")
+    p.add_argument("--no-policy", action="store_true", help="skip choosing the wait policy on the dev set")
 
     p = subcommand("codec", "roundtrip", _cmd_codec_roundtrip, "encode a sound file with the codec and decode it back")
     p.add_argument("input", metavar="IN", help="input audio file (any sample rate, mono or stereo)")

@@ -35,6 +35,14 @@ class History:
         """The user's turn."""
         self.add("user", text)
 
+    def take_back_user(self, text: str) -> bool:
+        """Remove the last message if it is the user's ``text`` (a turn that went on); whether it was."""
+        if not self.messages or self.messages[-1] != {"role": "user", "content": text}:
+            return False
+        self.messages.pop()
+        self._lengths.pop()
+        return True
+
     def add_reply(self, heard: str, interrupted: bool) -> None:
         """The agent's reply as the user heard it; a cut one is followed by a note saying so (if any was heard)."""
         if heard:

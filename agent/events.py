@@ -95,6 +95,17 @@ class PartialTranscript(HearingEvent):
 
 
 @dataclass(frozen=True)
+class TurnScored(HearingEvent):
+    """The turn so far was transcribed and scored after a speech end; ``t`` is when that was known."""
+
+    kind: ClassVar[str] = "turn_scored"
+    speech_end: float  # the speech end it was scored at (source clock)
+    text: str  # the transcript so far
+    probability: float  # P(end of turn | text)
+    wait: float  # seconds of silence after ``speech_end`` that will end the turn
+
+
+@dataclass(frozen=True)
 class EndOfTurn(HearingEvent):
     """The user finished their turn (``t``: when that was decided); ``text`` is its final transcript."""
 
@@ -103,6 +114,18 @@ class EndOfTurn(HearingEvent):
     probability: float  # P(end of turn | transcript) from the LLM
     silence: float  # seconds of silence after the last speech when the turn was declared over
     likelihood: float  # the recognizer's confidence in ``text`` (whisper: exp of its mean token log-probability)
+
+
+@dataclass(frozen=True)
+class TurnResumed(HearingEvent):
+    """The user spoke again soon after an end of turn: that turn goes on (``t``: the speech start).
+
+    A reply to it that has not been heard yet is stale; the next end_of_turn's text is the whole turn.
+    """
+
+    kind: ClassVar[str] = "turn_resumed"
+    text: str  # the transcript the ended turn had: the start of the turn that goes on
+    ended_at: float  # when that end of turn was declared
 
 
 # --- the agent -----------------------------------------------------------------------------------

@@ -4,6 +4,9 @@ One asyncio loop consumes the source. Partial transcripts are decoded on a worke
 the user speaks. When the VAD says speech ended, the final transcript and P(end of turn) are
 computed at once (speculatively: the user may go on), and the turn ends when the silence since
 the speech end reaches what that probability requires. Speech resuming first continues the turn.
+Speech resuming soon after the end (within ``resume_s`` of the speech end) continues it too, with
+a ``turn_resumed`` event: a clause that reads as a whole sentence ("We ran out of milk,") is often
+followed after a comma pause by the rest, and the agent drops a reply the user has not heard yet.
 
 Time: every event is stamped on the source clock. A file read faster than real time must not
 flatter latency, so compute on the critical path (final decode + P(end of turn)) is awaited
@@ -23,9 +26,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from agent.asr import Recognizer, StreamingTranscriber
-from agent.events import EndOfTurn, HearingEvent, PartialTranscript, SpeechEnded, SpeechLikely, SpeechStarted
+from agent.events import (
+    EndOfTurn,
+    HearingEvent,
+    PartialTranscript,
+    SpeechEnded,
+    SpeechLikely,
+    SpeechStarted,
+    TurnResumed,
+    TurnScored,
+)
 from agent.settings import Settings
-from agent.turn_detector import TurnDetector
+from agent.turn_detector import TurnDetector, build_turn_detector
 from audio_io.frames import AudioFrame
 from audio_io.sources import AudioSource
 from audio_io.vad import StreamingVad, VadEvent
@@ -97,11 +109,13 @@ class Listener:
         turns: TurnDetector,
         partial_interval_ms: int = 300,
         likely_speech: bool = False,
+        resume_s: float = 0.0,
     ):
         self.vad = vad
         self.asr = asr
         self.turns = turns
         self.partial_interval_ms = partial_interval_ms  # new speech between partial re-decodes
+        self.resume_s = resume_s  # speech starting this soon after an ended turn's speech end continues it
         self.likely_speech = likely_speech  # also report SpeechLikely: the first speech-like chunk of a run
         self._eot_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ttt-eot")
 
@@ -109,7 +123,6 @@ class Listener:
     def from_settings(cls, settings: Settings | None = None, likely_speech: bool = False) -> Listener:
         """The silero VAD, whisper and the LLM end-of-turn model, as ``settings`` configures them."""
         from agent.asr import WhisperAsr
-        from agent.turn_detector import EndOfTurnModel
         from audio_io.vad import SileroVad
         from model.backbone import load_backbone
 
@@ -117,13 +130,8 @@ class Listener:
         vad = SileroVad.from_settings(s)
         asr = WhisperAsr(s.asr, s.assets.whisper)
         backbone = load_backbone(s.assets.llm, s.assets.cache_dir, s.device)
-        turns = TurnDetector(
-            EndOfTurnModel(backbone, s.turn.system_prompt, quantize=s.turn.quantize),
-            min_silence_ms=s.turn.min_silence_ms,
-            max_silence_ms=s.turn.max_silence_ms,
-            eot_threshold=s.turn.eot_threshold,
-        )
-        return cls(vad, asr, turns, s.asr.partial_interval_ms, likely_speech)
+        turns = build_turn_detector(s.turn, backbone)
+        return cls(vad, asr, turns, s.asr.partial_interval_ms, likely_speech, s.turn.resume_ms / 1000)
 
     async def events(self, source: AudioSource) -> AsyncIterator[HearingEvent]:
         """Hear ``source`` until it ends, yielding speech edges, partials and ends of turn."""
@@ -140,6 +148,15 @@ class Listener:
     def close(self) -> None:
         """Stop the worker threads."""
         self._eot_worker.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass(frozen=True)
+class _Ended:
+    """A turn that ended, while speech starting again would still continue it."""
+
+    speech_end: float  # its last speech end (source clock)
+    text: str  # its transcript
+    at: float  # when its end of turn was declared
 
 
 class TurnTracker:
@@ -159,15 +176,20 @@ class TurnTracker:
         self.silence_seen = 0.0  # the VAD's silence run when last looked at (to see it cross SPECULATE_S)
         self.candidate_ready: float | None = None  # fast mode: source time a speculative final (+ score) was ready
         self.last_partial = ""
+        self.ended: _Ended | None = None  # the last turn, while speech starting again would continue it
         self.likely = False  # a SpeechLikely was reported for the current run of speech-like chunks
 
     async def frame(self, frame: AudioFrame) -> AsyncIterator[HearingEvent]:
         """Feed one frame."""
         self.last_end = frame.end
         vad_events = self.vad.process(frame)
-        if self.in_turn:
+        ended = self.ended
+        if ended is not None and frame.end - ended.speech_end > self.listener.resume_s and not self.vad.speaking:
+            self.ended = None  # too late to go on (and nothing the VAD might still confirm): start afresh
+            self.transcriber.reset()
+        if self.in_turn or self.ended is not None:
             self.transcriber.push(frame.samples)
-        else:
+        if not self.in_turn:
             self.preroll.append(frame)
         if self.listener.likely_speech:
             if self.vad.speaking and not self.vad.in_speech and not vad_events and not self.likely:
@@ -189,16 +211,25 @@ class TurnTracker:
 
     async def _vad_event(self, vad_event: VadEvent) -> AsyncIterator[HearingEvent]:
         if vad_event.kind == "speech_start":
+            ended = self.ended
+            if ended is not None and vad_event.t - ended.speech_end <= self.listener.resume_s:
+                self.ended = None
+                self.in_turn = True  # the transcriber still holds the turn's audio, silence included
+                self.preroll.clear()
+                yield SpeechStarted(vad_event.t)
+                yield TurnResumed(vad_event.t, ended.text, ended.at)
+                return
             if not self.in_turn:
                 self._start_turn(vad_event.t)
             self.pending = None  # the user goes on: same turn
             yield SpeechStarted(vad_event.t)
         else:
             yield SpeechEnded(vad_event.t)
-            await self._speech_ended(vad_event.t, vad_event.detected_at)
+            yield await self._speech_ended(vad_event.t, vad_event.detected_at)
 
     def _start_turn(self, speech_start: float) -> None:
         self.in_turn = True
+        self.ended = None
         self.transcriber.reset()
         kept = [f for f in self.preroll if f.end > speech_start - PREROLL_S]
         self.turn_start = kept[0].t if kept else speech_start
@@ -233,7 +264,7 @@ class TurnTracker:
             self.last_partial = hypothesis.text
             yield PartialTranscript(self.clock.stamp(self.last_end), hypothesis.text, hypothesis.stable)
 
-    async def _speech_ended(self, end: float, detected_at: float) -> None:
+    async def _speech_ended(self, end: float, detected_at: float) -> TurnScored:
         """The critical path: final transcript and P(end of turn), awaited, then the required silence."""
         started = time.perf_counter()
         self.silence_seen = 0.0
@@ -264,8 +295,9 @@ class TurnTracker:
             1000 * turns.required_silence(probability),
             text,
         )
-        deadline = end + turns.required_silence(probability)
-        self.pending = _Pending(end, text, probability, deadline, ready, final.likelihood)
+        wait = turns.required_silence(probability)
+        self.pending = _Pending(end, text, probability, end + wait, ready, final.likelihood)
+        return TurnScored(ready, end, text, probability, wait)
 
     def _maybe_end_turn(self, now: float) -> EndOfTurn | None:
         """End the pending turn once its required silence has passed (unless speech seems to resume)."""
@@ -276,17 +308,23 @@ class TurnTracker:
         if self.vad.speaking:
             return None  # speech seems to resume: let the VAD decide before cutting the turn
         t = self.clock.stamp(max(pending.deadline, pending.ready))
-        self._end_turn()
+        resumable = bool(pending.text) and self.listener.resume_s > 0
+        self._end_turn(keep_audio=resumable)
         if not pending.text:
             return None  # the VAD heard something whisper did not: a noise, not a turn
+        if resumable:
+            self.ended = _Ended(pending.end, pending.text, t)
         return EndOfTurn(t, pending.text, pending.probability, t - pending.end, pending.likelihood)
 
-    def _end_turn(self) -> None:
+    def _end_turn(self, keep_audio: bool = False) -> None:
+        """Close the turn; ``keep_audio`` keeps the transcriber's audio, for a turn that may yet go on."""
         self.in_turn = False
         self.candidate_ready = None
         self.last_partial = ""
         self.pending = None
-        self.transcriber.reset()
+        self.ended = None
+        if not keep_audio:
+            self.transcriber.reset()
 
     async def finish(self) -> AsyncIterator[HearingEvent]:
         """The source ended: a turn still open ends now."""
@@ -295,7 +333,7 @@ class TurnTracker:
                 yield event
         if self.in_turn and self.pending is None:
             yield SpeechEnded(self.last_end)
-            await self._speech_ended(self.last_end, self.last_end)
+            yield await self._speech_ended(self.last_end, self.last_end)
         if self.pending is not None:
             pending = self.pending
             t = self.clock.stamp(max(pending.ready, self.last_end))
@@ -313,6 +351,8 @@ def format_event(event: HearingEvent) -> str:
     line = f"{event.t:8.3f}s  {event.kind:<12s}"
     if isinstance(event, PartialTranscript):
         line += f" {event.stable!s} | {event.text[len(event.stable) :].strip()}"
+    elif isinstance(event, TurnScored):
+        line += f" P(end)={event.probability:.2f} -> wait {event.wait * 1000:.0f} ms {event.text!r}"
     elif isinstance(event, EndOfTurn):
         line += f" {event.text!r}  (P(end)={event.probability:.2f}, silence {event.silence * 1000:.0f} ms)"
     return line

@@ -8,7 +8,14 @@ Barge-in: user speech over the agent pauses the playback at once (when the VAD c
 about 0.1 s after it began). If the speech lasts ``min_interruption_s`` (a cough or an "mhm" does
 not), the reply is interrupted: generation and tool calls are cancelled, and the history keeps
 only the words the user heard (from the playback position), followed by a note saying the reply
-was cut. Shorter speech was a false alarm: the playback resumes where it stopped.
+was cut. Shorter speech was a false alarm: the playback resumes where it stopped. When the user
+goes on right after an end of turn (``turn_resumed``) and nothing of the reply has played yet, the
+reply is dropped and the turn taken back: the whole turn comes with the next end of turn.
+
+Preemptive generation: when a speech end is scored as a likely end of turn (its wait is at most
+``preempt_wait_s``), the reply starts being written at once, held: its sound, its events and any
+tool call wait for the end of turn. If the turn ends with the text it was written for, the held
+reply is released (the wait and the thinking overlap); if the user goes on, it is dropped unseen.
 
 Every event goes on the bus, stamped from the session clock.
 """
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -53,6 +61,8 @@ from agent.events import (
     ToolCallEnded,
     ToolCallStarted,
     TurnMetrics,
+    TurnResumed,
+    TurnScored,
     Unmute,
 )
 from agent.playback import Playout
@@ -96,6 +106,7 @@ class AgentConfig:
     confirm_s: float = 0.2  # how long after a speech-like chunk the VAD has confirmed real speech (min speech + chunks)
     poll_s: float = 0.02  # how often a paused reply checks whether to resume
     max_tool_rounds: int = 3  # tool calls one reply may chain before the agent gives up (and apologises)
+    preempt_wait_s: float = 0.5  # write a held reply when a speech end's wait is at most this; 0 = never
 
 
 @dataclass
@@ -115,6 +126,13 @@ class Reply:
     turn: EndOfTurn | None = None  # the user turn it answers
     first_text: float | None = None
     first_audio: float | None = None
+    draft: str | None = None  # held: written ahead for this transcript, before its end of turn
+    held_events: list[Event] = field(default_factory=list)  # its events while held, published on release
+    released: asyncio.Event = field(default_factory=asyncio.Event)  # set once it may be heard (at once if not held)
+
+    def __post_init__(self) -> None:
+        if self.draft is None:
+            self.released.set()
 
 
 class Agent:
@@ -183,7 +201,10 @@ class Agent:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             if self.reply is not None:
-                await self._interrupt(self.reply, "command", self.now())
+                if self.reply.draft is not None:
+                    await self._drop(self.reply)
+                else:
+                    await self._interrupt(self.reply, "command", self.now())
             self.bus.close()
 
     async def _wait_reply(self) -> None:
@@ -194,7 +215,12 @@ class Agent:
         if self.muted:
             return
         self.emit(event)
-        if isinstance(event, SpeechLikely):
+        reply = self.reply
+        if reply is not None and reply.draft is not None and isinstance(event, SpeechStarted | TurnResumed):
+            await self._drop(reply)  # the user goes on: what was written ahead is stale
+        if isinstance(event, TurnScored):
+            self._maybe_preempt(event)
+        elif isinstance(event, SpeechLikely):
             reply = self.reply
             if reply is not None and not reply.interrupted and not reply.playout.paused:
                 reply.playout.pause()  # silence at once; the VAD confirms speech (or not) in about 0.1 s
@@ -208,11 +234,64 @@ class Agent:
         elif isinstance(event, SpeechEnded):
             if self._user_speech is not None:
                 self._user_speech = (self._user_speech[0], event.t)
+        elif isinstance(event, TurnResumed):
+            reply = self.reply
+            if reply is not None and reply.turn is not None and reply.turn.t == event.ended_at:
+                if reply.playout.started_at is None:  # not a sound of it heard: drop it, the turn goes on
+                    await self._interrupt(reply, "user_speech", event.t)
+                    self.history.take_back_user(event.text)
         elif isinstance(event, EndOfTurn):
-            if self.reply is not None:  # the user went on before the last reply played: it is stale
-                await self._interrupt(self.reply, "user_speech", self.now())
+            reply = self.reply
+            if reply is not None and reply.draft == event.text:
+                await self._release(reply, event)
+                return
+            if reply is not None and reply.draft is not None:
+                await self._drop(reply)
+            elif reply is not None:  # the user went on before the last reply played: it is stale
+                await self._interrupt(reply, "user_speech", self.now())
             self.history.add_user(event.text)
             self._start(Reply(f"r{next(self._ids)}", "turn", Playout(self.sink, self.clock), turn=event))
+
+    def _maybe_preempt(self, scored: TurnScored) -> None:
+        """Start writing the reply to ``scored.text`` ahead of its end of turn, held."""
+        wait = self.config.preempt_wait_s
+        if self.reply is not None or not scored.text or wait <= 0 or scored.wait > wait:
+            return
+        playout = Playout(self.sink, self.clock, held=True)
+        self._start(Reply(f"r{next(self._ids)}", "turn", playout, draft=scored.text))
+
+    async def _release(self, reply: Reply, turn: EndOfTurn) -> None:
+        """The turn ended as the held reply expected: it joins the conversation and plays."""
+        self.history.add_user(turn.text)
+        reply.turn, reply.draft = turn, None
+        held, reply.held_events = reply.held_events, []
+        now = self.now()
+        for event in held:  # published in order, none stamped before the end of turn it answers
+            self.emit(dataclasses.replace(event, t=max(event.t, now)))
+        self._set_state("thinking")
+        reply.released.set()
+        await reply.playout.resume()
+        self._announce(reply)
+
+    async def _drop(self, reply: Reply) -> None:
+        """Discard a held reply: nothing of it was shown or heard."""
+        reply.playout.stop()
+        reply.cancel.set()
+        if reply.task is not None and not reply.task.done():
+            reply.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reply.task
+        reply.done.set()
+        if self.reply is reply:
+            self.reply = None
+        log.debug("held reply %s dropped", reply.id)
+
+    def _reply_event(self, reply: Reply, event: Event) -> None:
+        """Publish an event of ``reply``, or keep it until the reply is released."""
+        if reply.draft is not None:
+            reply.held_events.append(event)
+        else:
+            self.emit(event)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -265,9 +344,17 @@ class Agent:
 
     def _start(self, reply: Reply, say: str | None = None) -> None:
         self.reply = reply
-        self.emit(ReplyStarted(self.now(), reply.id, reply.source))
-        self._set_state("thinking")
+        self._reply_event(reply, ReplyStarted(self.now(), reply.id, reply.source))
+        if reply.draft is None:
+            self._set_state("thinking")
         reply.task = asyncio.create_task(self._generate(reply, say))
+
+    def _prompt(self, reply: Reply) -> list[dict]:
+        """The messages ``reply`` answers: the history, plus the turn it was written ahead for."""
+        messages = self.history.chat()
+        if reply.draft is not None:
+            messages.append({"role": "user", "content": reply.draft})
+        return messages
 
     async def _generate(self, reply: Reply, say: str | None) -> None:
         """Write the reply (with any tool calls it makes) to the sink as it comes, then wait for it to play out."""
@@ -276,9 +363,10 @@ class Agent:
                 await self._speak(reply, lambda cancel: self.voice.say(say, cancel))
             else:
                 for round_ in itertools.count():
-                    call = await self._speak(reply, lambda cancel: self.voice.reply(self.history.chat(), cancel))
+                    call = await self._speak(reply, lambda cancel: self.voice.reply(self._prompt(reply), cancel))
                     if call is None:
                         break
+                    await reply.released.wait()  # a tool acts on the world: only for a turn that ended
                     result = await self._run_tool(reply, call)
                     if result.status != "ok" or round_ + 1 >= self.config.max_tool_rounds:
                         await self._speak(reply, lambda cancel: self.voice.say(TOOL_APOLOGY, cancel))
@@ -286,9 +374,9 @@ class Agent:
             await reply.playout.write(np.zeros(0, np.float32), reply.playout.rate, reply.unvoiced)
         except Exception as exc:  # a failing voice must not end the conversation
             log.exception("reply %s failed", reply.id)
-            self.emit(ErrorEvent(self.now(), "voice", f"{type(exc).__name__}: {exc}"))
+            self._reply_event(reply, ErrorEvent(self.now(), "voice", f"{type(exc).__name__}: {exc}"))
         reply.generated = True
-        self.emit(ReplyFinished(self.now(), reply.id, reply.text.strip(), False))
+        self._reply_event(reply, ReplyFinished(self.now(), reply.id, reply.text.strip(), False))
         while True:
             if reply.playout.stopped:
                 return  # the interruption finishes it
@@ -335,7 +423,7 @@ class Agent:
         if isinstance(out, TextDelta):
             reply.text += out.text
             reply.unvoiced += out.text
-            self.emit(ReplyTextDelta(self.now(), reply.id, out.text))
+            self._reply_event(reply, ReplyTextDelta(self.now(), reply.id, out.text))
         elif len(out.samples):
             if reply.first_audio is None:
                 reply.first_audio = self.now()

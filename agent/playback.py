@@ -43,7 +43,8 @@ def heard_text(segments: list[Segment], position_s: float) -> str:
 class Playout:
     """Writes one reply's audio to ``sink`` as it is decoded; can pause, resume and stop at once."""
 
-    def __init__(self, sink: AudioSink, clock: SessionClock):
+    def __init__(self, sink: AudioSink, clock: SessionClock, held: bool = False):
+        """``held``: queue what is written without playing it until :meth:`resume` (a reply written ahead)."""
         self.sink = sink
         self.clock = clock
         self.rate = sink.sample_rate
@@ -54,7 +55,7 @@ class Playout:
         self._base = sink.played_seconds  # the sink's played seconds when this reply began
         self._played_before = 0.0  # reply seconds played before the last pause
         self._sent_at_resume = 0  # reply samples already played when the sink was last restarted
-        self.paused = False
+        self.paused = held
         self.stopped = False
         self.started_at: float | None = None  # session time of the first sample played
 

@@ -56,6 +56,7 @@ from agent.events import (
     SpeechEnded,
     SpeechStarted,
     TurnMetrics,
+    TurnScored,
 )
 from agent.listen import ComputeClock, Listener, TurnTracker
 from agent.loop import Agent, AgentConfig, Voice
@@ -512,13 +513,20 @@ class RealtimeSession:
                     content_index=0,
                     delta=delta,
                 )
+        elif isinstance(event, TurnScored) and not self._creates_response:
+            return False  # no reply may be written ahead of a turn the client will answer itself
         elif isinstance(event, EndOfTurn):
             item_id, self._user_item = self._user_item or self.new_id("item"), None
             self._user_turn(item_id, event.text, event.t - event.silence)
-            if not (self.turn_detection or {}).get("create_response", True):
+            if not self._creates_response:
                 self.history.add_user(event.text)
                 return False
         return True
+
+    @property
+    def _creates_response(self) -> bool:
+        """Whether an end of turn starts a response (server VAD's ``create_response``)."""
+        return bool((self.turn_detection or {}).get("create_response", True))
 
     def _user_turn(self, item_id: str, text: str, seconds: float) -> None:
         item = {

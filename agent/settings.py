@@ -74,9 +74,15 @@ class AsrSettings:
 class TurnSettings:
     """End-of-turn decision: silence so far combined with P(end of turn | transcript)."""
 
-    min_silence_ms: int = 250  # silence that ends a turn when the transcript is surely complete (> comma pauses)
-    max_silence_ms: int = 2000  # silence that ends a turn whatever the transcript says
-    eot_threshold: float = 0.5  # P(end of turn) at or above which the short wait applies (see benchmarks/listen.md)
+    scorer: str = "trained"  # "trained": the end-of-turn head (TURN_CARD.md); "zero_shot": P(<|im_end|> . ? !)
+    checkpoint: str | None = None  # trained head safetensors (its .json beside it); None = the shipped one
+    # The wait policy; None takes the scorer's own (the trained head's card, or the zero-shot values
+    # 250 ms / 2000 ms / 0.5 / 0.0 measured in benchmarks/listen.md).
+    min_silence_ms: int | None = None  # silence that ends a turn when the transcript is surely complete
+    max_silence_ms: int | None = None  # silence that ends a turn whatever the transcript says
+    eot_threshold: float | None = None  # P(end of turn) at or above which the short wait applies
+    eot_hold: float | None = None  # P(end of turn) at or below which the long wait applies
+    resume_ms: int = 600  # speech starting this soon after an ended turn's last speech continues that turn
     system_prompt: str = "You are a helpful voice assistant. Answer briefly."  # prefix the EOT model sees
     quantize: bool = True  # score with an int8 copy of the LLM: 3-4x faster on CPU (benchmarks/listen.md)
 
@@ -102,6 +108,7 @@ class AgentSettings:
     system_prompt: str = "You are a friendly voice assistant. Answer in one short sentence."  # steers SmolLM2-135M
     # to short answers (a plainer prompt makes it ramble or drift into French; tests/test_voices.py)
     min_interruption_ms: int = 300  # user speech over the agent shorter than this (a cough, "mhm") is no barge-in
+    preempt_wait_ms: int = 500  # write the reply ahead (held) when a speech end's wait is at most this; 0 = never
     max_history_tokens: int = 1024  # prompt budget; the oldest turns are dropped beyond it (system prompt kept)
     max_reply_tokens: int = 64  # cap on a cascade reply's text tokens (the talker's is talker.max_new_tokens)
 

@@ -108,10 +108,14 @@ class ScriptedScorer:
 
 
 def tone_listener(
-    script: ToneScript, unfinished: Callable[[str], bool] = lambda text: False, likely_speech: bool = False
+    script: ToneScript,
+    unfinished: Callable[[str], bool] = lambda text: False,
+    likely_speech: bool = False,
+    resume_s: float = 0.0,
 ) -> Listener:
-    """A listener on the fakes, with the default VAD and turn settings."""
-    return Listener(EnergyVad(), ToneAsr(script), TurnDetector(ScriptedScorer(unfinished)), 300, likely_speech)
+    """A listener on the fakes, with the default VAD and turn settings (no resuming unless ``resume_s``)."""
+    scorer = TurnDetector(ScriptedScorer(unfinished))
+    return Listener(EnergyVad(), ToneAsr(script), scorer, 300, likely_speech, resume_s)
 
 
 def place(pieces: list[tuple[float, np.ndarray]], duration: float) -> np.ndarray:

@@ -6,15 +6,15 @@ import asyncio
 
 import pytest
 
-from agent.events import EndOfTurn, PartialTranscript, SpeechEnded, SpeechStarted
+from agent.events import EndOfTurn, PartialTranscript, SpeechEnded, SpeechStarted, TurnResumed, TurnScored
 from audio_io.frames import FRAME_SAMPLES
 from tests.fakes import WORD_S, ChunkedSource, ToneScript, place, tone_listener
 
 SCRIPT = ToneScript(["turn on the kitchen lights please", "book a table for", "four people tomorrow"])
 
 
-def hear(audio, frame_samples=FRAME_SAMPLES, unfinished=lambda text: text.endswith("for")):
-    listener = tone_listener(SCRIPT, unfinished)
+def hear(audio, frame_samples=FRAME_SAMPLES, unfinished=lambda text: text.endswith("for"), resume_s=0.0):
+    listener = tone_listener(SCRIPT, unfinished, resume_s=resume_s)
 
     async def run():
         return [e async for e in listener.events(ChunkedSource(audio, frame_samples))]
@@ -34,10 +34,13 @@ def test_one_utterance_gives_start_end_and_its_turn():
     end = 0.5 + len(speech) / 16000
     events = hear(place([(0.5, speech)], end + 1.5))
     kinds = [e.kind for e in events if not isinstance(e, PartialTranscript)]
-    assert kinds == ["speech_start", "speech_end", "end_of_turn"]
-    start, stop, turn = (e for e in events if not isinstance(e, PartialTranscript))
+    assert kinds == ["speech_start", "speech_end", "turn_scored", "end_of_turn"]
+    start, stop, scored, turn = (e for e in events if not isinstance(e, PartialTranscript))
     assert isinstance(start, SpeechStarted) and abs(start.t - 0.5) <= 0.032
     assert isinstance(stop, SpeechEnded) and abs(stop.t - end) <= 0.032
+    # The scored candidate says what the turn will wait for, before it ends.
+    assert isinstance(scored, TurnScored) and scored.speech_end == stop.t and scored.text == SCRIPT.texts[0]
+    assert scored.wait == pytest.approx(0.25) and scored.t <= turn.t
     assert isinstance(turn, EndOfTurn) and turn.text == SCRIPT.texts[0]
     # A sure end of turn waits turn.min_silence_ms (250 ms) after the speech end, and not much more.
     assert 0.25 <= turn.t - stop.t <= 0.25 + 0.04
@@ -56,6 +59,30 @@ def test_a_pause_after_an_unfinished_phrase_keeps_one_turn():
     assert [e.kind for e in events if isinstance(e, SpeechEnded)] == ["speech_end", "speech_end"]
     assert len(turns) == 1
     assert turns[0].text == "book a table for four people tomorrow"
+
+
+def _two_parts(pause_s: float):
+    """'turn on the kitchen lights please' (which reads as finished), a pause, then 'four people tomorrow'."""
+    first, second = SCRIPT.speech(0), SCRIPT.speech(2)
+    second_at = 0.5 + len(first) / 16000 + pause_s
+    return place([(0.5, first), (second_at, second)], second_at + len(second) / 16000 + 1.5), second_at
+
+
+def test_speech_soon_after_an_end_of_turn_resumes_that_turn():
+    audio, second_at = _two_parts(0.45)  # longer than the 250 ms wait, within the 600 ms resume window
+    events = hear(audio, resume_s=0.6)
+    turns = [e for e in events if isinstance(e, EndOfTurn)]
+    resumed = [e for e in events if isinstance(e, TurnResumed)]
+    assert len(turns) == 2 and len(resumed) == 1, edges(events)
+    first, whole = turns
+    assert first.text == SCRIPT.texts[0] and resumed[0].text == first.text and resumed[0].ended_at == first.t
+    assert first.t < resumed[0].t and abs(resumed[0].t - second_at) <= 0.032
+    assert whole.text == f"{SCRIPT.texts[0]} {SCRIPT.texts[2]}"  # the whole turn, first words included
+    # Without the window (and with a pause past it) the second part is a turn of its own.
+    for kwargs, audio_ in (({"resume_s": 0.0}, audio), ({"resume_s": 0.6}, _two_parts(0.9)[0])):
+        events = hear(audio_, **kwargs)
+        assert [e.text for e in events if isinstance(e, EndOfTurn)] == [SCRIPT.texts[0], SCRIPT.texts[2]]
+        assert not any(isinstance(e, TurnResumed) for e in events)
 
 
 def test_silence_gives_no_events():
@@ -84,14 +111,14 @@ def test_events_before_a_time_do_not_change_when_more_audio_follows():
     cut = 3.5  # the first turn is over, the second not begun
     prefix = edges(hear(audio[: int(cut * 16000)]))
     assert prefix == [e for e in full if e[1] < cut]
-    assert len(prefix) == 3 and prefix[-1][2] == SCRIPT.texts[0]
+    assert len(prefix) == 4 and prefix[-1][2] == SCRIPT.texts[0]
 
 
 def test_source_ending_mid_speech_ends_the_turn():
     speech = SCRIPT.speech(0)
     events = hear(place([(0.5, speech)], 0.5 + len(speech) / 16000))
     kinds = [e.kind for e in events if not isinstance(e, PartialTranscript)]
-    assert kinds == ["speech_start", "speech_end", "end_of_turn"]
+    assert kinds == ["speech_start", "speech_end", "turn_scored", "end_of_turn"]
     assert events[-1].text == SCRIPT.texts[0]
 
 

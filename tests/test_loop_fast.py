@@ -17,8 +17,10 @@ from agent.events import (
     PlaybackFinished,
     PlaybackStarted,
     ReplyFinished,
+    ReplyStarted,
     Say,
     TurnMetrics,
+    TurnResumed,
     Unmute,
 )
 from agent.loop import Agent
@@ -98,8 +100,11 @@ def test_barge_in_stops_playback_fast_and_keeps_only_the_heard_words():
     first_reply_end = runs[0][1]
     assert barge_at < first_reply_end <= barge_at + 0.100, runs
     # The history holds the words played before the cut, and says the reply was cut.
+    # (The recording also holds the short gaps where the sink waited for the next word: at most a
+    # tick per word.)
     started = of(agent, PlaybackStarted)[0].t
-    played_words = int((first_reply_end - started) / WORD_AUDIO_S)
+    assert 0 <= (first_reply_end - started) - cut.position_s <= 0.032 * (1 + cut.position_s / WORD_AUDIO_S)
+    played_words = int(cut.position_s / WORD_AUDIO_S)
     heard = " ".join(LONG_REPLY.split()[:played_words])
     assert cut.heard_text == heard and 0 < played_words < 20
     assert agent.history.messages[1:3] == [
@@ -270,3 +275,63 @@ def test_a_click_over_the_agent_pauses_it_only_for_a_moment():
     runs = loud_runs(stereo_recording(mic, speaker)[:, 1])
     assert len(runs) == 2 and runs[1][0] - runs[0][1] < 0.3  # a short gap, then the rest of the reply
     assert sum(end - start for start, end in runs) == pytest.approx(20 * WORD_AUDIO_S, abs=0.02)
+
+
+def test_a_turn_the_user_goes_on_with_drops_the_unheard_reply_and_answers_the_whole_turn():
+    clock = VirtualClock()
+    first_end = speech_end(0.5, 0)
+    mic = VirtualMicrophone(clock, [(0.5, SCRIPT.speech(0)), (first_end + 0.45, SCRIPT.speech(3))], tail_s=4.0)
+    speaker = VirtualSpeaker(clock)
+    voice = FakeVoice(clock, lambda messages: SHORT_REPLY)
+    listener = tone_listener(SCRIPT, likely_speech=True, resume_s=0.6)
+    agent = Agent(listener, voice, speaker, clock, History("You are a test."))
+    asyncio.run(agent.run(mic))
+    whole = f"{SCRIPT.texts[0]} {SCRIPT.texts[3]}"
+    (resumed,) = of(agent, TurnResumed)
+    early, final = of(agent, EndOfTurn)
+    assert early.text == SCRIPT.texts[0] and resumed.ended_at == early.t and final.text == whole
+    # The reply to the early end was dropped before a sound of it played; only the whole turn was answered.
+    assert len(of(agent, PlaybackStarted)) == 1 and of(agent, PlaybackStarted)[0].t > final.t
+    assert voice.prompts[-1][-1] == {"role": "user", "content": whole}
+    assert agent.history.messages == [
+        {"role": "user", "content": whole},
+        {"role": "assistant", "content": SHORT_REPLY},
+    ]
+
+
+def _agent_over(pieces, preempt_wait_s, tail_s=4.0):
+    from agent.loop import AgentConfig
+
+    clock = VirtualClock()
+    mic = VirtualMicrophone(clock, [(t, SCRIPT.speech(i)) for t, i in pieces], tail_s=tail_s)
+    voice = FakeVoice(clock, lambda messages: SHORT_REPLY)
+    config = AgentConfig(preempt_wait_s=preempt_wait_s)
+    agent = Agent(tone_listener(SCRIPT, likely_speech=True), voice, VirtualSpeaker(clock), clock, History("s"), config)
+    asyncio.run(agent.run(mic))
+    return agent, voice
+
+
+def test_a_reply_written_ahead_plays_sooner_and_leaves_the_same_conversation():
+    ahead, _ = _agent_over([(0.5, 0)], preempt_wait_s=0.5)
+    after, _ = _agent_over([(0.5, 0)], preempt_wait_s=0.0)
+    (fast,), (slow,) = of(ahead, TurnMetrics), of(after, TurnMetrics)
+    # Written from the speech end's score (decode + 64 ms), not from the end of turn (250 ms later).
+    assert fast.voice_to_voice_s <= slow.voice_to_voice_s - 0.05
+    assert fast.first_text_s < slow.first_text_s
+    assert ahead.history.messages == after.history.messages
+    # Nothing of it was published before the end of turn it answers.
+    kinds = [e.kind for e in ahead.bus.history if e.kind not in ("partial", "speech_likely")]
+    assert kinds.index("end_of_turn") < kinds.index("reply_started") < kinds.index("reply_text_delta")
+    (turn,) = of(ahead, EndOfTurn)
+    assert all(e.t >= turn.t for e in ahead.bus.history if e.kind.startswith("reply_"))
+
+
+def test_a_reply_written_ahead_is_dropped_unseen_when_the_user_goes_on():
+    first_end = speech_end(0.5, 0)
+    agent, voice = _agent_over([(0.5, 0), (first_end + 0.2, 3)], preempt_wait_s=0.5)
+    whole = f"{SCRIPT.texts[0]} {SCRIPT.texts[3]}"
+    assert [p[-1]["content"] for p in voice.prompts] == [SCRIPT.texts[0], whole]  # written ahead, then again
+    (started,) = of(agent, ReplyStarted)
+    assert {e.reply_id for e in agent.bus.history if hasattr(e, "reply_id")} == {started.reply_id}
+    assert len(of(agent, PlaybackStarted)) == 1
+    assert agent.history.messages == [{"role": "user", "content": whole}, {"role": "assistant", "content": SHORT_REPLY}]

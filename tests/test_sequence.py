@@ -18,7 +18,7 @@ def test_chunks_are_one_word_first_then_two_closed_by_punctuation():
     words = "Well, I think the cat sat. Then it left".split()
     assert chunk_words(words) == [["Well,"], ["I", "think"], ["the", "cat"], ["sat."], ["Then", "it"], ["left"]]
     assert closes_chunk("Hi", 1, first=True) and not closes_chunk("big", 1, first=False)
-    assert closes_chunk("end.\"", 1, first=False) and closes_chunk("a", 2, first=False)
+    assert closes_chunk('end."', 1, first=False) and closes_chunk("a", 2, first=False)
 
 
 def test_chunk_tokens_follow_the_words(tokenizer):

@@ -292,9 +292,7 @@ def test_loss_falls_and_tiny_model_overfits_text_to_codes(tokenizer):
     for text in ("Good morning to you all.", "Turn left at the old bank."):
         pieces = chunk_tokens(tokenizer, text)
         lengths = torch.randint(2, MAX_SPAN + 1, (len(pieces),), generator=gen).tolist()
-        chunks = [
-            Chunk(ids, phonemizer().ids(words), k) for (words, ids), k in zip(pieces, lengths, strict=True)
-        ]
+        chunks = [Chunk(ids, phonemizer().ids(words), k) for (words, ids), k in zip(pieces, lengths, strict=True)]
         codes = torch.randint(0, 8, (sum(lengths), 2), generator=gen)
         positions, _ = build_reply(talker.prompt_ids([]), chunks, codes, talker.end_token)
         data.append((text, codes, positions))

@@ -70,6 +70,7 @@ def run_eval_chat(args: argparse.Namespace, settings) -> int:
     from model.backbone import load_backbone
     from model.codec import load_codec
     from model.talker import load_talker
+
     questions = read_questions(args.questions)
     backbone = load_backbone(settings.assets.llm, settings.assets.cache_dir, settings.device)
     answers = {"backbone": [backbone_answer(backbone, q) for q, _ in questions]}

@@ -76,15 +76,16 @@ def write_conversation(
     turns: Sequence[str | Sequence[str]],
     path: str | os.PathLike,
     gap_s: float = 1.5,
-    pause_s: float = 0.8,
+    pause_s: float | Sequence[float] = 0.8,
     lead_s: float = 0.5,
     voice: TeacherVoice | None = None,
 ) -> list[tuple[float, float]]:
     """Voice ``turns`` into one WAV with ``gap_s`` of silence between them.
 
-    A turn is a sentence, or a sequence of fragments voiced ``pause_s`` apart (a pause inside the
-    turn). Returns each turn's (start, end) of speech in seconds, measured on the samples (leading
-    and trailing near-silence of each synthesis trimmed), so latencies can be measured against them.
+    A turn is a sentence, or a sequence of fragments voiced ``pause_s`` apart (a pause inside
+    the turn; one value per turn when ``pause_s`` is a sequence). Returns each turn's (start, end)
+    of speech in seconds, measured on the samples (leading and trailing near-silence of each
+    synthesis trimmed), so latencies can be measured against them.
     """
     import soundfile as sf
 
@@ -93,11 +94,12 @@ def write_conversation(
     pieces = [np.zeros(int(lead_s * sr), np.float32)]
     spans = []
     n = len(pieces[0])
+    pauses = [pause_s] * len(turns) if isinstance(pause_s, int | float) else list(pause_s)
     for i, turn in enumerate(turns):
         start = n / sr
         for j, fragment in enumerate([turn] if isinstance(turn, str) else turn):
             if j:
-                pieces.append(np.zeros(int(pause_s * sr), np.float32))
+                pieces.append(np.zeros(int(pauses[i] * sr), np.float32))
                 n += len(pieces[-1])
             pieces.append(trim_silence(voice.speak(fragment).samples))
             n += len(pieces[-1])
@@ -116,3 +118,11 @@ def trim_silence(samples: np.ndarray, threshold: float = 0.01) -> np.ndarray:
     if len(loud) == 0:
         return samples[:0]
     return samples[loud[0] : loud[-1] + 1]
+
+
+def voiced_16k(voice: TeacherVoice, text: str) -> np.ndarray:
+    """``text`` spoken by ``voice``, leading and trailing silence trimmed, at 16 kHz (what hearing takes)."""
+    import soxr
+
+    audio = trim_silence(voice.speak(text).samples)
+    return soxr.resample(audio, voice.sample_rate, 16_000).astype(np.float32)

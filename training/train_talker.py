@@ -255,9 +255,7 @@ def train(
     if torch.cuda.is_available():  # fp32 weights, TF32 matmuls: no dtype juggling between LoRA and the masks
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     codec = load_codec()
-    backbone = load_backbone(
-        settings.assets.llm if settings else None, settings.assets.cache_dir if settings else None
-    )
+    backbone = load_backbone(settings.assets.llm if settings else None, settings.assets.cache_dir if settings else None)
     if state is not None:
         config = TalkerConfig(**state["talker_config"])
     else:

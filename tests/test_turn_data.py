@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from training.synth import normalise
+from training.turn_data import (
+    OPEN_WORDS,
+    build_examples,
+    cuts,
+    dev_sets,
+    read_pause_cases,
+    read_turns,
+)
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return build_examples(written=400, templates=200, numbers=200, short=200)
+
+
+def test_examples_have_both_labels_and_whisper_style(examples):
+    complete = [e for e in examples if e.complete]
+    unfinished = [e for e in examples if not e.complete]
+    assert len(unfinished) > len(complete) > 800
+    # Cut after the words that cannot end an utterance, often with whisper's full stop.
+    endings = [e.text.rstrip(".,").split()[-1].lower() for e in unfinished]
+    assert sum(w in OPEN_WORDS for w in endings) > len(unfinished) / 3
+    assert sum(e.text.endswith(".") for e in unfinished) > len(unfinished) / 3
+    assert any(any(c.isdigit() for c in e.text) for e in unfinished)
+    assert any(len(e.text.split()) == 1 for e in complete)  # one-word answers
+
+
+def test_held_out_sets_stay_out_of_training(examples):
+    heldout = {normalise(f + " " + c) for f, c in read_pause_cases()} | {normalise(t) for t in read_turns()}
+    heldout |= {normalise(f) for f, _ in read_pause_cases()}
+    pauses, completes = dev_sets()
+    heldout |= {normalise(f + " " + c) for f, c in pauses} | {normalise(t) for t in completes}
+    texts = {normalise(e.text) for e in build_examples()}
+    assert not texts & heldout
+
+
+def test_cuts_are_prefixes_at_word_boundaries():
+    sentence = "Please send the report to Anna before Friday."
+    for prefix, weight in cuts(sentence, random.Random(0), 6):
+        bare = prefix.rstrip(".,").removesuffix("..")
+        assert sentence.startswith(bare) and bare != sentence.rstrip(".")
+        assert weight == (1.0 if bare.split()[-1].lower() in OPEN_WORDS else 0.5)
+    assert cuts("Yes.", random.Random(0), 3) == []
+
+
+def test_eval_sets_are_big_enough_and_well_formed(tmp_path):
+    assert len(read_pause_cases()) >= 50 and len(read_turns()) >= 50
+    pauses, completes = dev_sets()
+    assert len(pauses) == 40 and len(completes) == 40
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a fragment without its continuation\n")
+    with pytest.raises(ValueError, match="fragment \\| continuation"):
+        read_pause_cases(bad)
+
+
+def test_comma_sentences_have_a_comma_after_three_words():
+    from training.synth import read_sentence_file
+    from training.turn_data import HELDOUT_SENTENCES, comma_sentences
+
+    held_out = set(read_sentence_file(HELDOUT_SENTENCES, "held-out sentence file"))
+    sentences = comma_sentences()
+    assert len(sentences) >= 30 and set(sentences) <= held_out
+    for sentence in sentences:
+        assert "," in " ".join(sentence.split()[2:-1]), sentence
