@@ -77,6 +77,19 @@ def _cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
     return run_chat(settings, args.input, args.record, args.metrics, args.reply, args.json, args.tools, mqtt)
 
 
+def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from agent.serve import ServeError, check_config, run_serve
+
+    for name in ("host", "port", "token", "max_sessions", "max_message_bytes"):
+        if getattr(args, name) is not None:
+            setattr(settings.serve, name, getattr(args, name))
+    try:
+        check_config(settings.serve)
+        return run_serve(settings, args.reply)
+    except ServeError as exc:
+        raise UserError(str(exc)) from None
+
+
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from agent.demo import run_demo
 
@@ -247,6 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt-tls", action="store_true", help="connect to the broker with TLS (default port 8883)")
     p.add_argument("--mqtt-ca", metavar="FILE", help="CA certificates for --mqtt-tls (default: the system's)")
     p.add_argument("--json", action="store_true", help="print every event as one JSON object a line")
+
+    p = command("serve", _cmd_serve, "serve the agent over the OpenAI Realtime protocol (WebSocket) and a web page")
+    p.add_argument("--host", help="interface to bind (default serve.host, 127.0.0.1; others need a token)")
+    p.add_argument("--port", type=int, help="port (default serve.port, 8000; 0 picks a free one)")
+    p.add_argument("--token", help="secret clients must present (Bearer header); better: TTT_SERVE__TOKEN")
+    p.add_argument("--max-sessions", type=int, help="sessions at once (default serve.max_sessions, 4)")
+    p.add_argument("--max-message-bytes", type=int, help="largest client message; bigger closes it (1 MiB)")
+    p.add_argument("--reply", choices=["auto", "talker", "piper"], help="who answers (default: agent.reply, auto)")
 
     command("demo", _cmd_demo, "the main job on the embedded defaults: a spoken conversation with the agent")
 

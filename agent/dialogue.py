@@ -50,6 +50,25 @@ class History:
             if interrupted:
                 self.add("system", INTERRUPTED_NOTE)
 
+    def cut_reply(self, index: int, heard: str) -> None:
+        """The reply at ``messages[index]`` was heard only up to ``heard`` (a client truncated it after it played)."""
+        message = self.messages[index]
+        if heard == message["content"]:
+            return
+        noted = index + 1 < len(self.messages) and self.messages[index + 1]["content"] == INTERRUPTED_NOTE
+        if not heard:
+            for _ in range(2 if noted else 1):
+                self.messages.pop(index)
+                self._lengths.pop(index)
+            return
+        self.messages[index] = {**message, "content": heard}
+        self._lengths[index] = self.count_tokens(self.messages[index])
+        if not noted:
+            note = {"role": "system", "content": INTERRUPTED_NOTE}
+            self.messages.insert(index + 1, note)
+            self._lengths.insert(index + 1, self.count_tokens(note))
+        self._trim()
+
     def chat(self) -> list[dict]:
         """The messages to prompt the model with: the system prompt, then the kept history."""
         return [{"role": "system", "content": self.system_prompt}, *self.messages]

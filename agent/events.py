@@ -267,6 +267,14 @@ class Say(Command):
 
 
 @dataclass(frozen=True)
+class Respond(Command):
+    """Reply to the conversation as it stands (a Realtime client's ``response.create``); the reply is ``id``."""
+
+    kind: ClassVar[str] = "respond"
+    id: str  # the reply's id (ReplyStarted, PlaybackFinished)
+
+
+@dataclass(frozen=True)
 class Interrupt(Command):
     """Stop speaking now."""
 

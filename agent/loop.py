@@ -52,6 +52,7 @@ from agent.events import (
     ReplyFinished,
     ReplyStarted,
     ReplyTextDelta,
+    Respond,
     Say,
     SessionClock,
     SpeechEnded,
@@ -180,7 +181,7 @@ class Agent:
             self.emit(AgentStateChanged(self.now(), old, new))
 
     def send(self, command: Command) -> None:
-        """An inbound command (say, interrupt, mute, unmute), handled in order."""
+        """An inbound command (say, respond, interrupt, mute, unmute), handled in order."""
         self.commands.put_nowait(command)
 
     # --- running -------------------------------------------------------------------------------
@@ -326,6 +327,9 @@ class Agent:
                 if isinstance(command, Say):
                     await self._wait_reply()
                     self._start(Reply(command.id, "say", Playout(self.sink, self.clock)), say=command.text)
+                elif isinstance(command, Respond):
+                    await self._wait_reply()
+                    self._start(Reply(command.id, "turn", Playout(self.sink, self.clock)))
                 elif isinstance(command, Interrupt):
                     if self.reply is not None:
                         await self._interrupt(self.reply, "command", command.t)
@@ -476,6 +480,7 @@ class Agent:
     async def _interrupt(self, reply: Reply, reason: Literal["user_speech", "command"], speech_start: float) -> None:
         """Cut ``reply``: stop the sound, cancel the generation, keep the heard words."""
         if reply.interrupted or reply.done.is_set():
+            await reply.done.wait()  # another task is cutting it: the caller goes on once it is cut
             return
         reply.interrupted = True
         position = reply.playout.stop()

@@ -119,6 +119,12 @@ class Playout:
         self._sent = round(self._played_before * self.rate)
         await self._send()
 
+    def hold_at(self, position_s: float) -> float:
+        """Pause, trusting a listener that reports having heard only ``position_s`` (a client with its own buffer)."""
+        self.pause()
+        self._played_before = min(self._played_before, max(0.0, position_s))
+        return self._played_before
+
     def stop(self) -> float:
         """Barge-in: cut the sound for good; returns the position played."""
         position = self.pause()

@@ -114,6 +114,17 @@ class AgentSettings:
 
 
 @dataclass
+class ServeSettings:
+    """``ttt serve``: where it listens and whom it lets in."""
+
+    host: str = "127.0.0.1"  # the interface to bind; anything but loopback needs a token
+    port: int = 8000  # 0 picks a free port (printed at start)
+    token: str | None = None  # the secret clients must present; TTT_SERVE__TOKEN keeps it out of the process list
+    max_sessions: int = 4  # sessions at once; more are refused (503) until one ends
+    max_message_bytes: int = 1 << 20  # a bigger client message closes its connection (1009)
+
+
+@dataclass
 class Settings:
     """Everything configurable, grouped by stage."""
 
@@ -124,6 +135,7 @@ class Settings:
     turn: TurnSettings = field(default_factory=TurnSettings)
     talker: TalkerSettings = field(default_factory=TalkerSettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
+    serve: ServeSettings = field(default_factory=ServeSettings)
     device: str = "cpu"  # torch device for the LLM: "cpu", "cuda" or "auto"
     torch_threads: int = 0  # torch CPU threads for the whole process, set once at start; 0 = half the cores
     # (at least 1), leaving room for whisper and audio: two threads on two busy cores stall each other

@@ -141,9 +141,10 @@ class Tool:
         """What is wrong with ``arguments`` for this tool (empty when they fit the schema)."""
         if not isinstance(arguments, dict):
             return [f"arguments must be a JSON object, got {type(arguments).__name__}"]
-        props = self.parameters["properties"]
-        errors = [f"missing argument {name!r}" for name in self.parameters["required"] if name not in arguments]
-        errors += [f"unknown argument {name!r}" for name in arguments if name not in props]
+        props = self.parameters.get("properties", {})
+        errors = [f"missing argument {name!r}" for name in self.parameters.get("required", []) if name not in arguments]
+        if self.parameters.get("additionalProperties", True) is False:
+            errors += [f"unknown argument {name!r}" for name in arguments if name not in props]
         for name, value in arguments.items():
             if name in props and not _fits(value, props[name]):
                 errors.append(f"argument {name!r} must be {_describe(props[name])}, got {value!r}")
@@ -151,7 +152,8 @@ class Tool:
 
 
 def _fits(value: Any, schema: dict[str, Any]) -> bool:
-    kind = schema["type"]
+    """Whether ``value`` fits ``schema``; kinds our own tools never declare (objects, from a client's schema) pass."""
+    kind = schema.get("type")
     if "enum" in schema and value not in schema["enum"]:
         return False
     if kind == "string":
@@ -163,8 +165,8 @@ def _fits(value: Any, schema: dict[str, Any]) -> bool:
     if kind == "number":
         return isinstance(value, int | float) and not isinstance(value, bool)
     if kind == "array":
-        return isinstance(value, list) and all(_fits(v, schema["items"]) for v in value)
-    return False
+        return isinstance(value, list) and all(_fits(v, schema.get("items", {})) for v in value)
+    return True
 
 
 def _describe(schema: dict[str, Any]) -> str:

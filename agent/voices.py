@@ -117,13 +117,22 @@ class TextStreamer:
 class CascadeVoice:
     """The cascade baseline: LLM text, then the Piper teacher voicing it clause by clause."""
 
-    def __init__(self, text: TextStreamer, teacher: Any, min_words: int = 3, max_words: int = 14, first_words: int = 4):
+    def __init__(
+        self,
+        text: TextStreamer,
+        teacher: Any,
+        min_words: int = 3,
+        max_words: int = 14,
+        first_words: int = 4,
+        synth: ThreadPoolExecutor | None = None,
+    ):
         self.text = text
         self.teacher = teacher  # a training.teacher.TeacherVoice
         self.min_words = min_words  # a clause shorter than this waits for more (Piper sounds odd on one word)
         self.max_words = max_words  # a clause this long is voiced even without punctuation
         self.first_words = first_words  # ...and the first one already at this length, so sound starts soon
-        self._synth = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ttt-piper")
+        # The one thread that runs Piper; voices sharing a teacher share it (espeak-ng keeps global state).
+        self.synth = synth or ThreadPoolExecutor(max_workers=1, thread_name_prefix="ttt-piper")
 
     def reply(self, messages: list[dict], cancel: threading.Event) -> AsyncIterator[Any]:
         """The LLM's reply, voiced as it is written."""
@@ -171,7 +180,7 @@ class CascadeVoice:
                 words = len(clause.split())
                 ready = words >= longest or (words >= self.min_words and CLAUSE_END.search(clause))
                 if clause.strip() and (ready or item is done):
-                    samples = await loop.run_in_executor(self._synth, self.speak, clause.strip())
+                    samples = await loop.run_in_executor(self.synth, self.speak, clause.strip())
                     clause, longest = "", self.max_words
                     yield AudioChunk(no_codes, samples, SAMPLE_RATE)
                 if item is done:
