@@ -7,9 +7,11 @@ in wall time); the Hermes payloads sent are written by hand here, not by our cod
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 
@@ -39,10 +41,10 @@ def free_port() -> int:
 class Broker:
     """A mosquitto on a free loopback port, started and stopped by the test."""
 
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, extra: str = ""):
         self.port = free_port()
         self.config = tmp_path / "mosquitto.conf"
-        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
+        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{extra}")
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -70,10 +72,37 @@ def broker(tmp_path):
     b.kill()
 
 
-def subscriber(port: int, seconds: int) -> subprocess.Popen:
+def test_certificates(folder) -> tuple[str, str, str]:
+    """A throwaway CA and a server certificate for 127.0.0.1 signed by it: (ca, cert, key) paths."""
+    ca, ca_key = folder / "ca.crt", folder / "ca.key"
+    cert, key, csr, ext = folder / "server.crt", folder / "server.key", folder / "server.csr", folder / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    quiet = {"check": True, "capture_output": True}
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "1"]
+        + ["-subj", "/CN=ttt test CA"],
+        **quiet,
+    )
+    subprocess.run(
+        ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+        **quiet,
+    )
+    subprocess.run(
+        ["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert]
+        + ["-days", "1", "-extfile", ext],
+        **quiet,
+    )
+    return str(ca), str(cert), str(key)
+
+
+test_certificates.__test__ = False  # a helper, not a test
+
+
+def subscriber(port: int, seconds: int, cafile: str | None = None) -> subprocess.Popen:
     """An independent client printing "topic payload" for every hermes/# and ttt/# message."""
     args = [
         "mosquitto_sub",
+        *(["--cafile", cafile] if cafile else []),
         "-h",
         "127.0.0.1",
         "-p",
@@ -106,13 +135,12 @@ async def publish(port: int, topic: str, payload: str) -> None:
     assert await process.wait() == 0
 
 
-def run_agent(port, pieces, tail_s, during):
+def run_agent(port, pieces, tail_s, during, **mqtt):
     clock = VirtualClock(realtime=True)
     mic = VirtualMicrophone(clock, [(t, SCRIPT.speech(i)) for t, i in pieces], tail_s=tail_s)
     agent = Agent(tone_listener(SCRIPT), FakeVoice(clock, lambda m: "done"), VirtualSpeaker(clock), clock, History("s"))
-    bridge = MqttBridge(
-        MqttConfig("127.0.0.1", port, min_backoff_s=0.2, max_backoff_s=0.5), agent.bus, agent.send, clock.now
-    )
+    config = MqttConfig("127.0.0.1", port, min_backoff_s=0.2, max_backoff_s=0.5, **mqtt)
+    bridge = MqttBridge(config, agent.bus, agent.send, clock.now)
 
     async def main():
         task = asyncio.create_task(bridge.run())
@@ -155,6 +183,32 @@ def test_hermes_say_text_captured_and_ttt_topics(broker):
     (metrics,) = [p for t, p in messages if t == "ttt/default/metrics"]
     assert metrics["voiceToVoiceS"] > 0 and "turnWaitS" in metrics and "firstAudioS" in metrics
     assert "ttt/default/playback_finished" in topics and "ttt/default/end_of_turn" in topics
+
+
+@needs_mosquitto
+def test_the_bridge_speaks_hermes_over_tls(tmp_path):
+    ca, cert, key = test_certificates(tmp_path)
+    # Run as this user: as root, mosquitto would switch to its own user, which cannot read the key here.
+    tls = f"user {getpass.getuser()}\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
+    broker = Broker(tmp_path, tls)
+    broker.start()
+    try:
+        sub = subscriber(broker.port, 20, cafile=ca)
+        time.sleep(0.3)
+
+        async def during(agent, bridge, clock):
+            await clock.wait_until(2.5)
+
+        run_agent(broker.port, [(0.5, 0)], tail_s=3.0, during=during, tls=True, ca_file=ca)
+        captured = [p for t, p in received(sub) if t == "hermes/asr/textCaptured"]
+        assert [p["text"] for p in captured] == [SCRIPT.texts[0]]
+        # Without the test CA the broker's certificate is refused: no silent fallback to trust.
+        with pytest.raises(ssl.SSLCertVerificationError):
+            ssl.create_default_context().wrap_socket(
+                socket.create_connection(("127.0.0.1", broker.port), timeout=5), server_hostname="127.0.0.1"
+            )
+    finally:
+        broker.kill()
 
 
 @needs_mosquitto
