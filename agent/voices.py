@@ -180,9 +180,11 @@ class CascadeVoice:
                 words = len(clause.split())
                 ready = words >= longest or (words >= self.min_words and CLAUSE_END.search(clause))
                 if clause.strip() and (ready or item is done):
-                    samples = await loop.run_in_executor(self.synth, self.speak, clause.strip())
+                    sayable = any(c.isalnum() for c in clause)  # a trailing "." alone has nothing to voice
+                    samples = await loop.run_in_executor(self.synth, self.speak, clause.strip()) if sayable else None
                     clause, longest = "", self.max_words
-                    yield AudioChunk(no_codes, samples, SAMPLE_RATE)
+                    if samples is not None:
+                        yield AudioChunk(no_codes, samples, SAMPLE_RATE)
                 if item is done:
                     return
         finally:

@@ -81,3 +81,36 @@ def test_cascade_voices_the_text_as_it_is_written(streamer, teacher):
     seconds = sum(len(o.samples) for o in audio) / 16_000
     assert 0.2 * len(text.split()) < seconds < 1.0 * len(text.split())  # about a word every 0.3-0.5 s
     assert np.isfinite(np.concatenate([o.samples for o in audio])).all()
+
+
+def test_a_clause_of_punctuation_alone_is_shown_but_not_voiced():
+    import asyncio
+    import threading
+
+    import numpy as np
+
+    from agent.voices import CascadeVoice
+    from model.generate import AudioChunk, TextDelta
+
+    class Text:  # the LLM's text, ending with a full stop the clause splitter leaves on its own
+        def stream(self, messages, cancel):
+            yield from ["one two three four five six seven eight nine ten eleven twelve thirteen fourteen", "."]
+
+    class Teacher:
+        said: list[str] = []
+
+        def speak(self, text):
+            if not any(c.isalnum() for c in text):
+                raise ValueError(f"the teacher voice has nothing to say for {text!r}")
+            self.said.append(text)
+            return type("Utterance", (), {"samples": np.full(1600, 0.5, np.float32), "sample_rate": 16_000})()
+
+    async def run():
+        voice = CascadeVoice(Text(), Teacher(), first_words=14)
+        return [out async for out in voice.reply([], threading.Event())]
+
+    outs = asyncio.run(run())
+    assert "".join(o.text for o in outs if isinstance(o, TextDelta)).endswith("fourteen.")
+    assert sum(isinstance(o, AudioChunk) for o in outs) == 1 and Teacher.said == [
+        "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
+    ]
