@@ -357,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", metavar="DIR", help="also export the head and its card to DIR (turn_head.*)")
     p.add_argument("--limit", type=int, default=0, help="train on the first N examples only (0 = all)")
     p.add_argument("--no-policy", action="store_true", help="skip choosing the wait policy on the dev set")
+    p.add_argument("--voiced", type=int, default=0, metavar="N", help="add N fragments voiced, as whisper hears them")
 
     p = subcommand("codec", "roundtrip", _cmd_codec_roundtrip, "encode a sound file with the codec and decode it back")
     p.add_argument("input", metavar="IN", help="input audio file (any sample rate, mono or stereo)")

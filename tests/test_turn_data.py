@@ -69,3 +69,35 @@ def test_comma_sentences_have_a_comma_after_three_words():
     assert len(sentences) >= 30 and set(sentences) <= held_out
     for sentence in sentences:
         assert "," in " ".join(sentence.split()[2:-1]), sentence
+
+
+def test_voiced_examples_are_what_whisper_wrote_for_fragments_and_whole_sentences():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from training.turn_data import VOICED_GROUP_BASE, voiced_examples
+
+    class Voice:  # says each text as its length in samples, so the recognizer can tell them apart
+        sample_rate = 16_000
+
+        def speak(self, text):
+            return SimpleNamespace(samples=np.full(160 * len(text), 0.5, np.float32))
+
+    spoken: list[int] = []
+
+    class Asr:
+        def decode(self, samples):
+            spoken.append(len(samples))
+            return SimpleNamespace(confident=f"heard {len(samples)}.")
+
+    examples = voiced_examples(Voice(), Asr(), count=20)
+    fragments = [e for e in examples if not e.complete]
+    assert len(fragments) == 20 and all(e.weight == 1.0 for e in fragments)
+    assert 5 <= sum(e.complete for e in examples) <= 20  # every second source sentence, voiced whole
+    assert [e.text for e in examples] == [f"heard {n}." for n in spoken]  # whisper's words, not ours
+    assert all(e.group >= VOICED_GROUP_BASE for e in examples)
+    # A fragment is the start of its sentence: shorter than the sentence voiced whole.
+    length = {(e.group, e.complete): int(e.text.split()[1].rstrip(".")) for e in examples}
+    pairs = [(length[g, False], length[g, True]) for g, done in length if done and (g, False) in length]
+    assert pairs and all(fragment < whole for fragment, whole in pairs)

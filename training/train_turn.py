@@ -43,6 +43,7 @@ class TrainTurnConfig:
     threads: int = 1  # torch CPU threads
     limit: int = 0  # train on the first N examples only (0 = all)
     policy: bool = True  # choose the wait policy on the dev set
+    voiced: int = 0  # fragments voiced by the teacher and transcribed by whisper, added to the text examples
 
 
 def _examples(run: Path, seed: int) -> list[dict]:
@@ -59,10 +60,28 @@ def _examples(run: Path, seed: int) -> list[dict]:
     return rows
 
 
-def _features(run: Path, rows: list[dict], settings) -> np.ndarray:  # noqa: ANN001 - agent.settings.Settings
+def _voiced(run: Path, settings, count: int) -> list[dict]:  # noqa: ANN001 - agent.settings.Settings
+    """Fragments and sentences voiced by the teacher and transcribed by whisper (cached in the run)."""
+    path = run / "voiced.jsonl"
+    if path.is_file():
+        return [json.loads(line) for line in path.read_text().splitlines()]
+    from agent.asr import WhisperAsr
+    from training.teacher import teacher_voice
+    from training.turn_data import voiced_examples
+
+    asr = WhisperAsr(settings.asr, settings.assets.whisper)
+    rows = [asdict(e) for e in voiced_examples(teacher_voice(settings.assets.piper_voice), asr, count)]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
+    log.info("wrote %d voiced examples to %s", len(rows), path)
+    return rows
+
+
+def _features(run: Path, rows: list[dict], settings, name: str = "features") -> np.ndarray:  # noqa: ANN001
     from tqdm import tqdm
 
-    folder = run / "features"
+    folder = run / name
     folder.mkdir(parents=True, exist_ok=True)
     chunks = math.ceil(len(rows) / CHUNK)
     todo = [i for i in range(chunks) if not (folder / f"chunk_{i:05d}.npz").is_file()]
@@ -186,7 +205,12 @@ def run_train_turn(args: argparse.Namespace, settings) -> int:  # noqa: ANN001 -
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     config = TrainTurnConfig(
-        run=args.run, epochs=args.epochs, threads=args.threads, limit=args.limit, policy=not args.no_policy
+        run=args.run,
+        epochs=args.epochs,
+        threads=args.threads,
+        limit=args.limit,
+        policy=not args.no_policy,
+        voiced=args.voiced,
     )
     torch.set_num_threads(config.threads)
     run = Path(config.run)
@@ -195,6 +219,10 @@ def run_train_turn(args: argparse.Namespace, settings) -> int:  # noqa: ANN001 -
     rows = _examples(run, config.seed)
     rows = rows[: config.limit] if config.limit > 0 else rows
     x = _features(run, rows, settings)
+    if config.voiced > 0:
+        voiced = _voiced(run, settings, config.voiced)
+        x = np.concatenate([x, _features(run, voiced, settings, "features_voiced")])
+        rows = rows + voiced
     log.info("features %s ready after %.0f s", x.shape, time.perf_counter() - started)
     head, metrics = _train_head(run, x, rows, config)
     card = TurnHeadCard(config=head.config, quantized_backbone=settings.turn.quantize, metrics=metrics)

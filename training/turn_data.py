@@ -23,6 +23,7 @@ WRITTEN_SENTENCES = HERE / "written_sentences.txt"
 TURN_PAUSES = HERE / "turn_pauses.txt"  # held-out pause cases: "fragment | continuation"
 TURN_COMPLETE = HERE / "turn_complete.txt"  # held-out complete turns
 TURN_DEV_TURNS = HERE / "turn_dev_turns.txt"  # short complete turns of the wait-policy dev set
+VOICED_GROUP_BASE = 1_000_000  # source-sentence groups of the voiced examples (apart from the text ones)
 
 # Words after which an English utterance is (almost) never over: a cut there is surely unfinished.
 OPEN_WORDS = frozenset(
@@ -181,6 +182,43 @@ def build_examples(
         examples.append(TurnExample(whisper_style(sentence, rng), True, 1.0, group))
         for prefix, weight in cuts(sentence, rng, cuts_per if len(sentence.split()) > 3 else 0):
             examples.append(TurnExample(whisper_style(prefix, rng), False, weight, group))
+    return examples
+
+
+def voiced_examples(voice, asr, count: int = 700, seed: int = 2) -> list[TurnExample]:  # noqa: ANN001
+    """Fragments cut after an open word, voiced alone by ``voice`` and written down by ``asr``.
+
+    Whisper rewrites a fragment voiced on its own into something that often reads as finished
+    ("Remind me tomorrow to" -> "Remind me tomorrow too."); the head can only learn those rewrites
+    from whisper itself. Every second source sentence is also voiced whole, as a complete turn
+    written the same way. ``asr`` has ``decode(samples).confident`` (agent.asr.WhisperAsr), ``voice``
+    is a teacher voice. Held-out text is filtered out as for the text examples.
+    """
+    from training.teacher import voiced_16k
+
+    rng = random.Random(seed)
+    allowed = heldout_filter().allows
+    lines = [s for s in read_sentence_file(WRITTEN_SENTENCES, "written sentence file") if allowed(s)]
+    rng.shuffle(lines)
+    examples: list[TurnExample] = []
+    fragments = 0
+    for group, sentence in enumerate(lines, start=VOICED_GROUP_BASE):
+        if fragments >= count:
+            break
+        words = sentence.split()
+        bare = [w.strip(",.;:!?\"'").lower() for w in words]
+        points = [i for i in range(2, len(words)) if bare[i - 1] in OPEN_WORDS]
+        if not points:
+            continue
+        fragment = " ".join(words[: rng.choice(points)]).rstrip(",;:")
+        heard = asr.decode(voiced_16k(voice, fragment)).confident
+        if heard:
+            examples.append(TurnExample(heard, False, 1.0, group))
+            fragments += 1
+        if group % 2 == 0:
+            heard = asr.decode(voiced_16k(voice, sentence)).confident
+            if heard:
+                examples.append(TurnExample(heard, True, 1.0, group))
     return examples
 
 
