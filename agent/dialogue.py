@@ -19,6 +19,9 @@ class History:
 
     system_prompt: str
     max_tokens: int = 2048  # budget for the whole prompt; the oldest turns are dropped beyond it
+    # Trimming drops down to this share of the budget at once: a prompt whose start changed must be
+    # prefilled again (seconds on a CPU at 1k tokens), so that should happen every few turns, not every turn.
+    trim_to: float = 0.6
     count_tokens: Callable[[dict], int] = lambda message: len(message["content"].split()) + 4
     messages: list[dict] = field(default_factory=list)  # without the system prompt
     _lengths: list[int] = field(default_factory=list)
@@ -81,7 +84,9 @@ class History:
     def _trim(self) -> None:
         # Drop whole exchanges from the front: never leave the history opening on a reply or a note,
         # and always keep the newest message (the user's turn being answered).
-        while self.tokens > self.max_tokens and len(self.messages) > 1:
+        if self.tokens <= self.max_tokens:
+            return
+        while self.tokens > self.trim_to * self.max_tokens and len(self.messages) > 1:
             self._drop_first()
             while len(self.messages) > 1 and self.messages[0]["role"] != "user":
                 self._drop_first()

@@ -222,6 +222,18 @@ def test_history_is_trimmed_oldest_first_keeping_the_system_prompt():
     assert history.dropped > 150 and len(history.messages) < 12
 
 
+def test_history_trims_in_blocks_so_the_prompt_start_stays_put_for_several_turns():
+    history = History("system prompt", max_tokens=200)
+    starts = []
+    for i in range(60):
+        history.add_user(f"question number {i} about something")
+        history.add_reply(f"answer number {i}", interrupted=False)
+        starts.append(history.messages[0]["content"])
+        assert history.tokens <= 200
+    changes = sum(a != b for a, b in zip(starts, starts[1:], strict=False))
+    assert 0 < changes <= len(starts) / 4  # the oldest message changes in steps, not at every turn
+
+
 def echo_conversation(guard, barge_at=None):
     from agent.echo import EchoCancelledSource, EchoCanceller
 
