@@ -72,7 +72,7 @@ def broker(tmp_path):
     b.kill()
 
 
-def test_certificates(folder) -> tuple[str, str, str]:
+def make_certificates(folder) -> tuple[str, str, str]:
     """A throwaway CA and a server certificate for 127.0.0.1 signed by it: (ca, cert, key) paths."""
     ca, ca_key = folder / "ca.crt", folder / "ca.key"
     cert, key, csr, ext = folder / "server.crt", folder / "server.key", folder / "server.csr", folder / "san.ext"
@@ -93,9 +93,6 @@ def test_certificates(folder) -> tuple[str, str, str]:
         **quiet,
     )
     return str(ca), str(cert), str(key)
-
-
-test_certificates.__test__ = False  # a helper, not a test
 
 
 def subscriber(port: int, seconds: int, cafile: str | None = None) -> subprocess.Popen:
@@ -187,7 +184,7 @@ def test_hermes_say_text_captured_and_ttt_topics(broker):
 
 @needs_mosquitto
 def test_the_bridge_speaks_hermes_over_tls(tmp_path):
-    ca, cert, key = test_certificates(tmp_path)
+    ca, cert, key = make_certificates(tmp_path)
     # Run as this user: as root, mosquitto would switch to its own user, which cannot read the key here.
     tls = f"user {getpass.getuser()}\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
     broker = Broker(tmp_path, tls)
