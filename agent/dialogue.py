@@ -19,10 +19,10 @@ class History:
 
     system_prompt: str
     max_tokens: int = 2048  # budget for the whole prompt; the oldest turns are dropped beyond it
+    count_tokens: Callable[[dict], int] = lambda message: len(message["content"].split()) + 4
     # Trimming drops down to this share of the budget at once: a prompt whose start changed must be
     # prefilled again (seconds on a CPU at 1k tokens), so that should happen every few turns, not every turn.
     trim_to: float = 0.6
-    count_tokens: Callable[[dict], int] = lambda message: len(message["content"].split()) + 4
     messages: list[dict] = field(default_factory=list)  # without the system prompt
     _lengths: list[int] = field(default_factory=list)
     dropped: int = 0  # messages trimmed away so far

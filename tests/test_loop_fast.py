@@ -223,7 +223,7 @@ def test_history_is_trimmed_oldest_first_keeping_the_system_prompt():
 
 
 def test_history_trims_in_blocks_so_the_prompt_start_stays_put_for_several_turns():
-    history = History("system prompt", max_tokens=200)
+    history = History("system prompt", 200, lambda message: len(message["content"].split()) + 4)  # as chat.py does
     starts = []
     for i in range(60):
         history.add_user(f"question number {i} about something")
