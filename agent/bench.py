@@ -276,8 +276,8 @@ def _bench_turn_sets(settings: Settings, out: Path | None, cases: int = 0) -> di
             if c.latency is None or c.latency > 0.4
         ]
         results[scorer] = heard
-        curves[scorer] = curve(pause_results, complete_results)
         heard["policies"] = policy_table(pause_results, complete_results)
+        curves[scorer] = curve(heard["policies"])
         marks[scorer] = (heard["latency_p50_ms"], heard["false_cutoff_rate"])
         print(
             f"{scorer:10s} false cut-offs {heard['false_cutoffs']}/{heard['pause_cases']}, complete turns "
@@ -352,8 +352,8 @@ def _bench_turn_parts(settings: Settings, out: Path | None, cases: int = 0) -> d
             if latency is None or latency > 0.4
         ]
         results[scorer] = figures
-        curves[scorer] = curve(p, c)
         figures["policies"] = policy_table(p, c)
+        curves[scorer] = curve(figures["policies"])
         marks[scorer] = (figures["latency_p50_ms"], figures["false_cutoff_rate"])
         print(
             f"{scorer:10s} false cut-offs {figures['false_cutoffs']}/{figures['pause_cases']}, latency p50 "

@@ -310,11 +310,10 @@ def policy_table(pauses: list[CaseResult], completes: list[CaseResult]) -> list[
     return [policy | summarize(pauses, completes, _wait(policy)) for policy in policy_grid()]
 
 
-def curve(pauses: list[CaseResult], completes: list[CaseResult]) -> list[tuple[float, float]]:
-    """(false cut-off rate, median latency in ms) of every grid policy, replayed."""
-    rows = policy_table(pauses, completes)
+def curve(table: list[dict]) -> list[tuple[float, float]]:
+    """(false cut-off rate, median latency in ms) of every policy of a :func:`policy_table`."""
     return sorted(
-        {(r["false_cutoff_rate"], float(r["latency_p50_ms"])) for r in rows if r["latency_p50_ms"] is not None}
+        {(r["false_cutoff_rate"], float(r["latency_p50_ms"])) for r in table if r["latency_p50_ms"] is not None}
     )
 
 
