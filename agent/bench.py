@@ -241,7 +241,7 @@ SCORERS = ("zero_shot", "trained")  # the turn.scorer values the turn benchmark 
 
 def _bench_turn_sets(settings: Settings, out: Path | None, cases: int = 0) -> dict:
     """Each scorer, with its own wait policy, on the held-out sets voiced by the teacher."""
-    from agent.turn_eval import curve, hear_sets, plot_curves, policy_table, summarize
+    from agent.turn_eval import curve, hear_sets, policy_table, summarize
     from training.turn_data import read_pause_cases, read_turns
 
     pauses, completes = read_pause_cases(), read_turns()
@@ -285,10 +285,17 @@ def _bench_turn_sets(settings: Settings, out: Path | None, cases: int = 0) -> di
             f"p90 {heard['latency_p90_ms']} ms (policy {heard['policy']})"
         )
     if out is not None:
-        png = out.with_name("turn_curve.png")
-        plot_curves(curves, png, marks)
-        results["curve_png"] = str(png)
+        results["curve_png"] = _plot_turn_curves(out, curves, marks)
     return results
+
+
+def _plot_turn_curves(out: Path, curves: dict, marks: dict) -> str:
+    """The cut-offs-vs-latency PNG beside the report ``out``; its path."""
+    from agent.turn_eval import plot_curves
+
+    png = out.with_name("turn_curve.png")
+    plot_curves(curves, png, marks)
+    return str(png)
 
 
 def _scorers(settings: Settings) -> dict:
@@ -313,7 +320,7 @@ def _policy(detector) -> dict:  # noqa: ANN001 - agent.turn_detector.TurnDetecto
 def _bench_turn_parts(settings: Settings, out: Path | None, cases: int = 0) -> dict:
     """The held-out sets heard from their parts (voiced, decoded, scored once per scorer) and replayed."""
     from agent.asr import WhisperAsr
-    from agent.turn_eval import curve, pause_lengths, plot_curves, policy_table, replay, score_parts, summarize
+    from agent.turn_eval import curve, pause_lengths, policy_table, replay, score_parts, summarize
     from training.teacher import teacher_voice, voiced_16k
     from training.turn_data import read_pause_cases, read_turns
 
@@ -361,9 +368,7 @@ def _bench_turn_parts(settings: Settings, out: Path | None, cases: int = 0) -> d
             f"p90 {figures['latency_p90_ms']} ms (policy {figures['policy']})"
         )
     if out is not None:
-        png = out.with_name("turn_curve.png")
-        plot_curves(curves, png, marks)
-        results["curve_png"] = str(png)
+        results["curve_png"] = _plot_turn_curves(out, curves, marks)
     return results
 
 
