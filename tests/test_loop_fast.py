@@ -33,13 +33,23 @@ LONG_REPLY = " ".join(f"word{i}" for i in range(20))  # 20 words, 6 s of audio
 SHORT_REPLY = "it is sunny and warm"
 
 
-def converse(pieces, answer=lambda messages: SHORT_REPLY, tail_s=4.0, voice_cls=FakeVoice, during=None, **voice_kw):
+def converse(
+    pieces,
+    answer=lambda messages: SHORT_REPLY,
+    tail_s=4.0,
+    voice_cls=FakeVoice,
+    during=None,
+    config=None,
+    resume_s=0.0,
+    **voice_kw,
+):
     """Run the agent over the scripted microphone; returns (agent, voice, stereo recording)."""
     clock = VirtualClock()
     mic = VirtualMicrophone(clock, [(t, SCRIPT.speech(i)) for t, i in pieces], tail_s=tail_s)
     speaker = VirtualSpeaker(clock)
     voice = voice_cls(clock, answer, **voice_kw)
-    agent = Agent(tone_listener(SCRIPT, likely_speech=True), voice, speaker, clock, History("You are a test."))
+    listener = tone_listener(SCRIPT, likely_speech=True, resume_s=resume_s)
+    agent = Agent(listener, voice, speaker, clock, History("You are a test."), config)
 
     async def main():
         if during is not None:
@@ -290,14 +300,8 @@ def test_a_click_over_the_agent_pauses_it_only_for_a_moment():
 
 
 def test_a_turn_the_user_goes_on_with_drops_the_unheard_reply_and_answers_the_whole_turn():
-    clock = VirtualClock()
     first_end = speech_end(0.5, 0)
-    mic = VirtualMicrophone(clock, [(0.5, SCRIPT.speech(0)), (first_end + 0.45, SCRIPT.speech(3))], tail_s=4.0)
-    speaker = VirtualSpeaker(clock)
-    voice = FakeVoice(clock, lambda messages: SHORT_REPLY)
-    listener = tone_listener(SCRIPT, likely_speech=True, resume_s=0.6)
-    agent = Agent(listener, voice, speaker, clock, History("You are a test."))
-    asyncio.run(agent.run(mic))
+    agent, voice, _ = converse([(0.5, 0), (first_end + 0.45, 3)], resume_s=0.6)
     whole = f"{SCRIPT.texts[0]} {SCRIPT.texts[3]}"
     (resumed,) = of(agent, TurnResumed)
     early, final = of(agent, EndOfTurn)
@@ -311,15 +315,10 @@ def test_a_turn_the_user_goes_on_with_drops_the_unheard_reply_and_answers_the_wh
     ]
 
 
-def _agent_over(pieces, preempt_wait_s, tail_s=4.0):
+def _agent_over(pieces, preempt_wait_s):
     from agent.loop import AgentConfig
 
-    clock = VirtualClock()
-    mic = VirtualMicrophone(clock, [(t, SCRIPT.speech(i)) for t, i in pieces], tail_s=tail_s)
-    voice = FakeVoice(clock, lambda messages: SHORT_REPLY)
-    config = AgentConfig(preempt_wait_s=preempt_wait_s)
-    agent = Agent(tone_listener(SCRIPT, likely_speech=True), voice, VirtualSpeaker(clock), clock, History("s"), config)
-    asyncio.run(agent.run(mic))
+    agent, voice, _ = converse(pieces, config=AgentConfig(preempt_wait_s=preempt_wait_s))
     return agent, voice
 
 
