@@ -31,6 +31,10 @@ LOOP_COMPRESSION = 2.4  # whisper's own threshold: text this repetitive is a dec
 RESTART_WORDS = 4  # a final sentence opening with the transcript's first 4 words is whisper restarting
 SURE_WORD = 0.9  # a trailing word whisper gives less probability than this is checked against the audio
 AFTER_SPEECH_S = 0.06  # a word starting this close to (or after) the end of the speech was not said
+# Whisper often hears a trailing function word as a word that completes the sentence ("remind me
+# tomorrow to" -> "too.", "a present for my" -> "mine."), while giving the right word a fair share.
+READING_P = 0.1  # another word whisper gives this much probability at the last word is a plausible reading
+MAX_READINGS = 2  # at most this many other readings are decoded (each costs a short decoder pass)
 TOKENS_PER_SECOND = 50  # whisper's cross-attention time resolution (20 ms)
 NO_REPEAT_NGRAM = 8  # tokens; real speech does not repeat 8 tokens in one turn, whisper loops do
 SILENCE_RMS = 1e-3  # below this (-60 dBFS) an utterance is silence: nothing to decode
@@ -48,11 +52,17 @@ class Decoding:
     no_speech_prob: float  # whisper's P(<|nospeech|>) at the first step
     avg_logprob: float  # mean token log-probability of the hypothesis
     sure_text: str | None = None  # ``text`` less trailing words whisper was unsure of; None = all of it
+    other_readings: tuple[str, ...] = ()  # the transcript with another plausible last word, completed by whisper
 
     @property
     def confident(self) -> str:
-        """The words whisper is sure of: what end-of-turn scoring should read."""
+        """The words whisper is sure of: the first reading end of turn scores."""
         return self.text if self.sure_text is None else self.sure_text
+
+    @property
+    def readings(self) -> tuple[str, ...]:
+        """What end of turn reads: the confident words first, then the other plausible readings."""
+        return (self.confident, *self.other_readings) if self.text else ()
 
 
 def speech_end(audio: np.ndarray, window: int = 320) -> float:
@@ -164,10 +174,10 @@ class WhisperAsr:
 
     def transcribe(self, samples: np.ndarray) -> str:
         """The text spoken in ``samples`` (16 kHz mono float32); "" for silence. Blocking."""
-        return self.decode(samples).text
+        return self.decode(samples, readings=False).text
 
-    def decode(self, samples: np.ndarray) -> Decoding:
-        """Like :meth:`transcribe`, with whisper's speech scores."""
+    def decode(self, samples: np.ndarray, readings: bool = True) -> Decoding:
+        """Like :meth:`transcribe`, with whisper's speech scores and (if ``readings``) the other readings."""
         audio = check_samples(samples)
         if len(audio) == 0 or float(np.sqrt(np.mean(audio**2))) < SILENCE_RMS:
             return Decoding("", 1.0, 0.0)
@@ -175,13 +185,13 @@ class WhisperAsr:
             if len(audio) / SAMPLE_RATE + TAIL_PAD_S > MAX_WINDOW_S:
                 decoding = self._decode_long(audio)
             else:
-                decoding = self._decode_window(audio, self.settings.window_s)
+                decoding = self._decode_window(audio, self.settings.window_s, readings)
                 if compression_ratio(decoding.text) > LOOP_COMPRESSION:
                     # Short windows occasionally loop; the full 30 s window rarely does.
-                    decoding = self._decode_window(audio, MAX_WINDOW_S)
+                    decoding = self._decode_window(audio, MAX_WINDOW_S, readings)
         return self._filter(decoding)
 
-    def _decode_window(self, audio: np.ndarray, min_window_s: float) -> Decoding:
+    def _decode_window(self, audio: np.ndarray, min_window_s: float, readings: bool = True) -> Decoding:
         """One encoder pass over the audio padded to a window of at least ``min_window_s``, greedy decoding."""
         import ctranslate2
 
@@ -223,7 +233,51 @@ class WhisperAsr:
 
         sure = self._sure_length(tokens, result.logits[0], said)
         sure_text = None if sure == len(tokens) else drop_repeated_tail(self.tokenizer.decode(tokens[:sure]).strip())
-        return Decoding(text, float(result.no_speech_prob), float(avg), sure_text)
+        others = self._other_readings(encoded, tokens, result.logits[0], text) if readings else ()
+        return Decoding(text, float(result.no_speech_prob), float(avg), sure_text, others)
+
+    def _other_readings(self, encoded: Any, tokens: list[int], logits: list[Any], text: str) -> tuple[str, ...]:
+        """The transcript with each other word whisper found plausible (P >= READING_P) as its last word.
+
+        Alternatives are taken where the last word starts; spellings of one word ("or", " Or") are
+        pooled. Each is forced as a prefix and whisper completes the transcript (its punctuation
+        included), so a reading is as whisper would have written it had it picked that word.
+        """
+        pieces = [self.tokenizer.decode([t]) for t in tokens]
+        starts = [i for i, p in enumerate(pieces) if any(c.isalnum() for c in p) and (i == 0 or p[:1].isspace())]
+        if not starts or starts[-1] >= len(logits):
+            return ()
+        at = starts[-1]
+        row = np.asarray(logits[at], dtype=np.float64)
+        probabilities = np.exp(row - row.max())
+        probabilities /= probabilities.sum()
+        chosen = pieces[at].strip().lower()
+        pooled: dict[str, float] = {}
+        for token in np.argsort(-probabilities)[:8]:
+            if token >= self.tokenizer.eot:
+                continue
+            word = self.tokenizer.decode([int(token)]).strip().lower()
+            if word and word != chosen:
+                pooled[word] = pooled.get(word, 0.0) + float(probabilities[token])
+        likely = sorted((w for w, p in pooled.items() if p >= READING_P), key=lambda w: -pooled[w])[:MAX_READINGS]
+        found: list[str] = []
+        for word in likely:
+            lead = " " if any(c.isalnum() for c in word) else ""
+            prefix = tokens[:at] + self.tokenizer.encode(lead + word)
+            result = self.model.model.generate(
+                encoded,
+                [self._prompt + prefix],
+                beam_size=1,
+                max_length=len(self._prompt) + len(tokens) + 8,
+                suppress_blank=False,
+                suppress_tokens=[-1],
+                no_repeat_ngram_size=NO_REPEAT_NGRAM,
+            )[0]
+            completed = [t for t in result.sequences_ids[0] if t < self.tokenizer.eot]
+            reading = drop_repeated_tail(self.tokenizer.decode(completed).strip())
+            if reading and reading != text and reading not in found:
+                found.append(reading)
+        return tuple(found)
 
     def _sure_length(self, tokens: list[int], logits: list[Any], said: Callable[[int], bool]) -> int:
         """How many leading tokens to keep once trailing words that were not said are dropped.
@@ -322,8 +376,9 @@ class FinalTranscript:
     text: str  # what whisper heard in the turn's audio
     score: Any  # what the ``then`` callable of :meth:`StreamingTranscriber.speculate` returned, else None
     speculative: bool  # True when a speculative decode (started in the silence) was reused
-    confident: str = ""  # ``text`` less trailing words whisper was unsure of (what end of turn reads)
+    confident: str = ""  # ``text`` less trailing words whisper was unsure of
     likelihood: float = 1.0  # exp(mean token log-probability) of the decode: whisper's confidence in ``text``
+    readings: tuple[str, ...] = ()  # what end of turn reads: ``confident``, then other plausible readings
 
 
 class StreamingTranscriber:
@@ -411,14 +466,14 @@ class StreamingTranscriber:
     def speculate(self, then: Callable[[str], Any] | None = None) -> Future:
         """Start decoding the turn so far as a candidate final (queued behind a running partial).
 
-        ``then(confident)`` runs right after, on the worker (e.g. end-of-turn scoring) on the words
-        whisper is sure of; the future gives ``(decoding, then(...) or None)``. A newer candidate
-        replaces an older one.
+        ``then(readings)`` runs right after, on the worker (e.g. end-of-turn scoring) on what
+        end of turn reads (:attr:`Decoding.readings`); the future gives ``(decoding, then(...) or
+        None)``. A newer candidate replaces an older one.
         """
 
         def job(audio: np.ndarray) -> tuple[Decoding, Any]:
             decoding = self.asr.decode(audio)
-            return decoding, (then(decoding.confident) if then is not None and decoding.text else None)
+            return decoding, (then(decoding.readings) if then is not None and decoding.text else None)
 
         future = self._executor.submit(job, self.audio.copy())
         self._candidate = (self._n, future)
@@ -434,15 +489,18 @@ class StreamingTranscriber:
             covered, future = self._candidate
             if covered >= min(self._n, int(covered_until * SAMPLE_RATE)):
                 decoding, score = await asyncio.wrap_future(future)
-                return FinalTranscript(
-                    decoding.text, score, True, decoding.confident, math.exp(min(0.0, decoding.avg_logprob))
-                )
+                return self._final(decoding, score, True)
         if self._running is not None:
             await asyncio.wrap_future(self._running)
             self._collect()
         loop = asyncio.get_running_loop()
         decoding = await loop.run_in_executor(self._executor, self.asr.decode, self.audio.copy())
-        return FinalTranscript(decoding.text, None, False, decoding.confident, math.exp(min(0.0, decoding.avg_logprob)))
+        return self._final(decoding, None, False)
+
+    @staticmethod
+    def _final(decoding: Decoding, score: Any, speculative: bool) -> FinalTranscript:
+        likelihood = math.exp(min(0.0, decoding.avg_logprob))
+        return FinalTranscript(decoding.text, score, speculative, decoding.confident, likelihood, decoding.readings)
 
     def close(self) -> None:
         """Stop the worker thread (after the decode it is running)."""

@@ -61,7 +61,8 @@ def build_voice(settings: Settings, reply: str | None = None) -> tuple[Voice, st
         from training.teacher import teacher_voice
 
         teacher = teacher_voice(settings.assets.piper_voice, threads=1)
-        return CascadeVoice(TextStreamer(backbone, settings.agent.max_reply_tokens), teacher), reply, backbone.tokenizer
+        text = TextStreamer(backbone, settings.agent.max_reply_tokens, settings.agent.max_history_tokens)
+        return CascadeVoice(text, teacher), reply, backbone.tokenizer
     from agent.voices import TalkerVoice
     from model.codec import load_codec
     from model.generate import GenerationOptions

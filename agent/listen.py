@@ -243,7 +243,7 @@ class TurnTracker:
         if not previous < SPECULATE_S <= self.silence_seen:
             return
         started = time.perf_counter()
-        future = self.transcriber.speculate(then=self.listener.turns.probability)
+        future = self.transcriber.speculate(then=self.listener.turns.least_probability)
         if not self.clock.live:
             # Reading faster than real time: the decode runs while the next frames would arrive;
             # it counts from here (or from when the worker is free), in the end-of-turn stamp if reused.
@@ -274,7 +274,7 @@ class TurnTracker:
         if probability is None:
             loop = asyncio.get_running_loop()
             probability = (
-                await loop.run_in_executor(self.listener._eot_worker, turns.probability, final.confident)
+                await loop.run_in_executor(self.listener._eot_worker, turns.least_probability, final.readings)
                 if text
                 else 1.0
             )

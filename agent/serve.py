@@ -147,7 +147,7 @@ class Models:
         if isinstance(voice, CascadeVoice):
             model = ScheduledModel(voice.text.model, self.lock)
             backbone = SimpleNamespace(model=model, tokenizer=voice.text.tokenizer)
-            text = TextStreamer(backbone, voice.text.max_new_tokens)
+            text = TextStreamer(backbone, voice.text.max_new_tokens, voice.text.prompt_tokens)
             return CascadeVoice(
                 text, voice.teacher, voice.min_words, voice.max_words, voice.first_words, synth=voice.synth
             )

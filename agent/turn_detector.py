@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -215,6 +216,14 @@ class TurnDetector:
     def probability(self, transcript: str) -> float:
         """P(end of turn | transcript); 1.0 without a model, so silence alone decides."""
         return 1.0 if self.eot_model is None else self.eot_model.probability(transcript)
+
+    def least_probability(self, readings: Sequence[str]) -> float:
+        """P(end of turn) of the least finished of the transcript's plausible readings (1.0 when none).
+
+        Cautious on purpose: the turn counts as over only if it is over however whisper's doubtful
+        last word is read, since cutting a user off costs more than a longer wait.
+        """
+        return min((self.probability(text) for text in readings if text), default=1.0)
 
     def required_silence(self, probability: float) -> float:
         """Seconds of silence after speech that end a turn whose transcript scored ``probability``."""

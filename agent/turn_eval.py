@@ -127,8 +127,8 @@ def score_parts(
     """Cases heard from their parts, without the listener's clock: for each scorer, a CaseResult per case.
 
     A case is its speech segments (16 kHz) with ``pauses[i]`` seconds between them. After each segment
-    the audio so far is decoded by ``asr`` and its sure words scored by every scorer, as the listener
-    does at a speech end; a candidate is ready ``SPECULATE_S`` plus the CPU time of that decode and
+    the audio so far is decoded by ``asr`` and its readings scored by every scorer (the least P counts),
+    as the listener does at a speech end; a candidate is ready ``SPECULATE_S`` plus the CPU time of that decode and
     score after the segment's end. CPU time (all threads) bounds the wall time an idle machine would
     take, so the figures do not depend on what else the machine runs.
     """
@@ -147,20 +147,20 @@ def score_parts(
             audio.append(segment)
             t += len(segment) / SAMPLE_RATE
             started = time.process_time()
-            text = asr.decode(np.concatenate([*audio, tail])).confident
+            readings = asr.decode(np.concatenate([*audio, tail])).readings
             decode_s = time.process_time() - started
-            texts.append(text)
+            texts.append(readings[0] if readings else "")
             nxt = t + gaps[i] if i < len(gaps) else None
             for name, scorer in scorers.items():
                 started = time.process_time()
-                p = scorer.probability(text) if text else 0.0
+                p = min(scorer.probability(r) for r in readings) if readings else 0.0
                 ready = t + SPECULATE_S + decode_s + time.process_time() - started
                 candidates[name].append((t, ready, p, nxt))
             if nxt is not None:
                 audio.append(np.zeros(int(gaps[i] * SAMPLE_RATE), np.float32))
                 t = nxt
         for name in scorers:
-            results[name].append(CaseResult(0.0, t, candidates[name], [], [text], texts))
+            results[name].append(CaseResult(0.0, t, candidates[name], [], [texts[-1]], texts))
     return results
 
 

@@ -27,6 +27,7 @@ from model.talker import SAY_MESSAGES
 
 LEADING_SILENCE = 0.01  # amplitude below which Piper's first samples are cut (10 ms before the first louder one kept)
 CLAUSE_END = re.compile(r"[.!?;:,]\s*$")  # a text piece ending like this can be voiced on its own
+CACHE_SLACK_TOKENS = 64  # the history's token count is an estimate; the cache grows if it is exceeded
 
 
 class TalkerVoice:
@@ -49,7 +50,7 @@ class TalkerVoice:
 @dataclass
 class _Prefix:
     ids: list[int]  # the tokens whose keys and values ``cache`` holds
-    cache: Any  # a transformers DynamicCache
+    cache: Any  # a model.kv_cache.PreallocatedCache
 
 
 class TextStreamer:
@@ -57,13 +58,15 @@ class TextStreamer:
 
     A conversation's prompt mostly repeats the previous one, so only the new messages are
     prefilled: an hour of talk costs the same per turn as the first minute (until the history is
-    trimmed and the prefix changes once).
+    trimmed and the prefix changes once). The cache is allocated once, for the whole prompt budget,
+    so the memory of a long conversation does not creep up (model/kv_cache.py).
     """
 
-    def __init__(self, backbone: Any, max_new_tokens: int = 96):
+    def __init__(self, backbone: Any, max_new_tokens: int = 96, prompt_tokens: int = 1024):
         self.model = backbone.model
         self.tokenizer = backbone.tokenizer
         self.max_new_tokens = max_new_tokens  # cap on reply tokens (spoken replies are short)
+        self.prompt_tokens = prompt_tokens  # the history's budget: the cache is sized for it plus a reply
         end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.stop = {t for t in (end, self.tokenizer.eos_token_id) if t is not None}
         self._prefix: _Prefix | None = None
@@ -77,7 +80,8 @@ class TextStreamer:
     def stream(self, messages: list[dict], cancel: threading.Event) -> Iterator[str]:
         """Yield the reply's text pieces (blocking; run it on a worker thread)."""
         import torch
-        from transformers import DynamicCache
+
+        from model.kv_cache import PreallocatedCache
 
         ids = self.prompt_ids(messages)
         with self._lock, torch.inference_mode():
@@ -92,7 +96,8 @@ class TextStreamer:
                 if cache.get_seq_length() > common:
                     cache.crop(common - cache.get_seq_length())
             else:
-                cache, common = DynamicCache(config=self.model.config), 0
+                capacity = self.prompt_tokens + self.max_new_tokens + CACHE_SLACK_TOKENS
+                cache, common = PreallocatedCache(self.model.config, capacity), 0
             self._prefix = None  # the cache is being changed: invalid until this generation ends
             out = self.model(torch.tensor([ids[common:]]), past_key_values=cache, use_cache=True, logits_to_keep=1)
             reply: list[int] = []
