@@ -26,7 +26,7 @@ import numpy as np
 from agent.events import EndOfTurn, HearingEvent, TurnResumed
 from agent.listen import Listener
 from agent.settings import Settings
-from training.wer import normalise_text, wer_gap, word_error_rate
+from training.wer import wer_gap, word_error_rate
 
 # Everyday requests and remarks, none taken from the shared eval set (they stay unseen there).
 BENCH_SENTENCES = [
@@ -472,7 +472,10 @@ def _write_turn_report(out: Path, summary: dict) -> None:
         f"load average {summary['load_avg_1m']}. Held-out sets: training/turn_pauses.txt "
         "(fragment voiced on its own by the steady teacher voice, a pause of 0.5-1.5 s, its continuation) "
         "and training/turn_complete.txt, heard by `ttt listen` as fast as possible, each scorer with "
-        "its own wait policy. A false cut-off: an end of turn before the case's speech is over.",
+        "its own wait policy. A false cut-off: an end of turn before the case's speech is over. "
+        "Both scorers read every plausible reading of the transcript's last word (agent/asr.py "
+        "`Decoding.readings`: whisper's other words there with P >= 0.1, each completed by whisper) and "
+        "the least finished reading sets the wait.",
         "",
         *(
             [
@@ -526,7 +529,7 @@ def bench_real(
     (agent/turn_eval.py ``score_parts``), each scorer's policy replayed; latencies are CPU-time bounds.
     """
     from agent.asr import WhisperAsr
-    from agent.real_speech import choose_prompts, load_prompt, read_prompts, sentence_ends, write_prompts
+    from agent.real_speech import choose_prompts, ends_a_sentence, load_prompt, read_prompts, write_prompts
     from agent.turn_eval import CASE_GAP_S, split_cases
 
     try:
@@ -578,8 +581,7 @@ def bench_real(
                 if not c.cut_off:
                     continue
                 before = [t for t, x in zip(c.texts, c.turn_times, strict=True) if x < c.end]
-                said = len(normalise_text(" ".join(before)).split())
-                if min(abs(said - b) for b in sentence_ends(p.text)) > 1:
+                if not ends_a_sentence(" ".join(before), p.text):
                     mid_phrase.append({"prompt": p.name, "text": p.text, "heard": c.texts})
             summary[scorer] = {
                 "wer": round(word_error_rate(refs, heard), 4),
@@ -609,7 +611,7 @@ def bench_real(
 
 def _real_parts(settings: Settings, prompts: list, clips: list, asr, offline_beam: list[str]) -> dict:  # noqa: ANN001
     """Each prompt heard from its VAD segments by every scorer; figures as ``bench_real`` reports them."""
-    from agent.real_speech import sentence_ends
+    from agent.real_speech import ends_a_sentence
     from agent.turn_eval import replay, score_parts, speech_segments
     from audio_io.vad import SileroVad
 
@@ -631,8 +633,7 @@ def _real_parts(settings: Settings, prompts: list, clips: list, asr, offline_bea
                 # the candidate the replay ended at: the first whose wait ran out before the speech went on
                 wait = detector.required_silence
                 k = next(i for i, c in enumerate(case.candidates) if c[3] is None or c[3] - c[0] > wait(c[2]))
-                said = len(normalise_text(case.scored[k]).split())
-                if min(abs(said - b) for b in sentence_ends(prompt.text)) > 1:
+                if not ends_a_sentence(case.scored[k], prompt.text):
                     mid.append({"prompt": prompt.name, "text": prompt.text, "heard": [case.scored[k]]})
         gap, se = wer_gap(refs, offline_beam, heard)
         figures[scorer] = {

@@ -103,3 +103,19 @@ def sentence_ends(text: str) -> list[int]:
         total += len(normalise_text(sentence).split())
         ends.append(total)
     return ends
+
+
+def ends_a_sentence(heard: str, text: str) -> bool:
+    """Whether ``heard`` (a transcript of the start of ``text``) stops where one of its sentences ends.
+
+    True when its word count is within one of a sentence end, or its last two words are the last two
+    of a sentence: whisper's insertions and splits ("Waldo's" heard as "while those") shift the count.
+    """
+    from training.wer import normalise_text
+
+    said = normalise_text(heard).split()
+    words = normalise_text(text).split()
+    ends = sentence_ends(text)
+    if any(abs(len(said) - end) <= 1 for end in ends):
+        return True
+    return len(said) >= 2 and any(end >= 2 and words[end - 2 : end] == said[-2:] for end in ends)

@@ -28,6 +28,7 @@ from model.talker import SAY_MESSAGES
 LEADING_SILENCE = 0.01  # amplitude below which Piper's first samples are cut (10 ms before the first louder one kept)
 CLAUSE_END = re.compile(r"[.!?;:,]\s*$")  # a text piece ending like this can be voiced on its own
 CACHE_SLACK_TOKENS = 64  # the history's token count is an estimate; the cache grows if it is exceeded
+PREFILL_CHUNK_TOKENS = 128  # prompt positions prefilled per forward pass (a usual turn adds fewer)
 
 
 class TalkerVoice:
@@ -99,7 +100,11 @@ class TextStreamer:
                 capacity = self.prompt_tokens + self.max_new_tokens + CACHE_SLACK_TOKENS
                 cache, common = PreallocatedCache(self.model.config, capacity), 0
             self._prefix = None  # the cache is being changed: invalid until this generation ends
-            out = self.model(torch.tensor([ids[common:]]), past_key_values=cache, use_cache=True, logits_to_keep=1)
+            # In chunks: a history trimmed at its start is prefilled again whole, and one pass over
+            # hundreds of positions would take a peak of activation memory the heap keeps afterwards.
+            for start in range(common, len(ids), PREFILL_CHUNK_TOKENS):
+                chunk = torch.tensor([ids[start : start + PREFILL_CHUNK_TOKENS]])
+                out = self.model(chunk, past_key_values=cache, use_cache=True, logits_to_keep=1)
             reply: list[int] = []
             shown = ""
             while len(reply) < self.max_new_tokens and not cancel.is_set():

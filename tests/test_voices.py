@@ -45,6 +45,25 @@ def test_streamed_text_is_hugging_face_greedy_decoding(backbone, streamer):
     assert "Paris" in text  # the default system prompt keeps the answer short and on topic
 
 
+def test_a_long_prompt_prefilled_in_chunks_is_still_greedy_decoding(backbone, streamer):
+    import torch
+
+    from agent.voices import PREFILL_CHUNK_TOKENS
+
+    turns = [("Tell me about the weather in spring.", "Spring brings mild days and some rain.")] * 12
+    long = [QUESTION[0]]
+    for question, answer in turns:
+        long += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    long.append(QUESTION[1])
+    ids = streamer.prompt_ids(long)
+    assert len(ids) > 2 * PREFILL_CHUNK_TOKENS
+    streamer._prefix = None
+    text = "".join(streamer.stream(long, threading.Event()))
+    with torch.inference_mode():
+        out = backbone.model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False)
+    assert text == backbone.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+
+
 def test_the_reused_prefix_cache_gives_the_same_reply_as_a_fresh_one(streamer):
     follow = [*QUESTION, {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And of Italy?"}]
     streamer._prefix = None
