@@ -24,6 +24,7 @@ import numpy as np
 from agent.chat import build_voice, converse
 from agent.events import TurnMetrics
 from agent.listen import Listener
+from agent.memory import resident_mb
 from agent.metrics import percentile, summarize
 from agent.settings import Settings
 
@@ -41,13 +42,6 @@ QUESTIONS = [
 ]
 LOUD = 0.02  # amplitude above which the recording counts as sound
 GAP_BRIDGE_S = 0.3  # silences shorter than this inside a reply do not split it
-
-
-def resident_mb() -> float:
-    """Resident memory of the process in MB (Linux /proc)."""
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
 def sound_starts(audio: np.ndarray, rate: int = 16_000) -> list[float]:

@@ -65,6 +65,7 @@ from agent.events import (
     TurnScored,
     Unmute,
 )
+from agent.memory import release_freed_memory
 from agent.playback import Playout
 from agent.tools import CALL_CLOSE, CALL_OPEN, Toolbox, ToolCall, ToolResult, may_open_call, parse_tool_call
 from audio_io.sinks import AudioSink
@@ -502,3 +503,4 @@ class Agent:
         if self.reply is reply:
             self.reply = None
         self._set_state("listening")
+        release_freed_memory()
