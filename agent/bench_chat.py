@@ -68,6 +68,23 @@ def recording_latencies(recording: np.ndarray, spans: list[tuple[float, float]])
     return latencies, overlapping
 
 
+def memory_by_turn(memory: list[tuple[float, float]], spans: list[tuple[float, float]]) -> dict[int, float]:
+    """Resident MB after each turn k (1-based): the first sample once the next question starts.
+
+    Taken before the next question, so turn k's reply has played; the last turn's sample comes from
+    the silence after it, before the recording is assembled (which briefly holds the whole audio).
+    """
+    gaps = [b[0] - a[1] for a, b in zip(spans, spans[1:], strict=False)]
+    last_gap = statistics.median(gaps) if gaps else 2.5
+    out = {}
+    for k, (_, end) in enumerate(spans, start=1):
+        until = spans[k][0] if k < len(spans) else end + last_gap
+        before = [mb for t, mb in memory if t <= until]
+        if before and memory[0][0] <= end:
+            out[k] = before[-1]
+    return out
+
+
 def _p(values: list[float], q: float) -> int | None:
     return round(1000 * percentile(values, q)) if values else None
 
@@ -104,9 +121,9 @@ def bench_turns(settings: Settings, turns: int, replies: list[str], gap_s: float
 
 async def _run_voice(
     listener: Listener, voice: Any, settings: Settings, tokenizer: Any, user: Path, record: Path
-) -> tuple[list[TurnMetrics], list[float]]:
-    """One conversation over ``user``; its per-turn metrics and resident memory once a second."""
-    memory: list[float] = []
+) -> tuple[list[TurnMetrics], list[tuple[float, float]]]:
+    """One conversation over ``user``; its per-turn metrics and (seconds, resident MB) once a second."""
+    memory: list[tuple[float, float]] = []
     watcher = asyncio.create_task(_watch_memory(memory))
     try:
         result = await converse(listener, voice, settings, tokenizer, str(user), str(record), quiet=True)
@@ -115,10 +132,11 @@ async def _run_voice(
     return result.metrics.turns, memory
 
 
-async def _watch_memory(memory: list[float]) -> None:
-    """Resident memory once a second (the turn it belongs to is found from the times)."""
+async def _watch_memory(memory: list[tuple[float, float]]) -> None:
+    """Resident memory once a second, with the seconds since the conversation started."""
+    start = time.monotonic()
     while True:
-        memory.append(resident_mb())
+        memory.append((time.monotonic() - start, resident_mb()))
         await asyncio.sleep(1.0)
 
 
@@ -126,7 +144,7 @@ def _voice_summary(
     turns: list[TurnMetrics],
     recording: np.ndarray,
     spans: list[tuple[float, float]],
-    memory: list[float],
+    memory: list[tuple[float, float]],
     started: float,
 ) -> dict[str, Any]:
     summary = summarize(turns)
@@ -141,11 +159,14 @@ def _voice_summary(
     if len(values) >= 40:
         first, last = statistics.median(values[:20]), statistics.median(values[-20:])
         summary["drift_last20_vs_first20"] = round(last / first - 1, 3)
-    turn_s = (recording.shape[0] / 16_000) / max(1, len(spans))
-    if len(memory) > 2:
-        at = {k: memory[min(len(memory) - 1, int(k * turn_s))] for k in (10, len(spans))}
-        summary["rss_mb_turn10"] = round(at[10], 1)
-        summary["rss_mb_last_turn"] = round(at[len(spans)], 1)
+    by_turn = memory_by_turn(memory, spans)
+    if by_turn:
+        marks = {k: round(mb, 1) for k, mb in by_turn.items() if k % 10 == 0 or k == len(spans)}
+        summary["rss_mb_by_turn"] = {str(k): mb for k, mb in marks.items()}
+        if 10 in by_turn:
+            summary["rss_mb_turn10"] = round(by_turn[10], 1)
+            summary["rss_mb_last_turn"] = round(by_turn[max(by_turn)], 1)
+            summary["rss_growth_mb_turn10_to_last"] = round(by_turn[max(by_turn)] - by_turn[10], 1)
     summary["wall_s"] = round(time.perf_counter() - started, 1)
     return summary
 

@@ -21,3 +21,11 @@ def test_freed_heap_pages_go_back_to_the_system():
     assert release_freed_memory()
     assert before - resident_mb() > 50
     del kept
+
+
+def test_memory_by_turn_reads_each_turn_before_the_next_question():
+    from agent.bench_chat import memory_by_turn
+
+    spans = [(0.5, 2.0), (11.0, 12.5), (21.5, 23.0)]  # questions 9 s apart
+    memory = [(float(t), 100.0 + t) for t in range(45)]  # the recording is assembled after t = 32
+    assert memory_by_turn(memory, spans) == {1: 111.0, 2: 121.0, 3: 132.0}
