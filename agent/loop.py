@@ -65,7 +65,7 @@ from agent.events import (
     TurnScored,
     Unmute,
 )
-from agent.memory import release_freed_memory
+from agent.memory import trim_periodically
 from agent.playback import Playout
 from agent.tools import CALL_CLOSE, CALL_OPEN, Toolbox, ToolCall, ToolResult, may_open_call, parse_tool_call
 from audio_io.sinks import AudioSink
@@ -191,6 +191,7 @@ class Agent:
         """Hear ``source`` and answer until it ends and the last reply has played."""
         self._set_state("listening")
         commands = asyncio.create_task(self._commands())
+        trimmer = asyncio.create_task(trim_periodically())
         try:
             async for event in self.hearing.events(source):
                 await self._heard(event)
@@ -198,7 +199,8 @@ class Agent:
             await self._wait_reply()
         finally:
             commands.cancel()
-            for task in [*self._tasks, commands]:
+            trimmer.cancel()
+            for task in [*self._tasks, commands, trimmer]:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             if self.reply is not None:
@@ -503,4 +505,3 @@ class Agent:
         if self.reply is reply:
             self.reply = None
         self._set_state("listening")
-        release_freed_memory()

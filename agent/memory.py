@@ -4,11 +4,14 @@ The models allocate natively (torch, CTranslate2, onnxruntime) through glibc's m
 freed memory in its arenas. A conversation's tensors change size every turn, the arenas fragment,
 and resident memory creeps up long after the process's real needs have stopped growing (measured
 in benchmarks/memory.md). ``malloc_trim`` returns the free pages; it takes about 2 ms, so the agent
-calls it once per finished reply rather than changing how every allocation is served.
+calls it once a second while it runs, rather than changing how every allocation is served (a fixed
+mmap threshold does that, and slows the models by a fifth). Once per reply was measured too: memory
+freed after the reply (whisper's and Piper's buffers of the next turn) then stays until the next one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import functools
@@ -35,3 +38,15 @@ def release_freed_memory() -> bool:
     """Give the heap's free pages back to the system; False where the C library cannot (not glibc)."""
     trim = _malloc_trim()
     return bool(trim(0)) if trim is not None else False
+
+
+TRIM_INTERVAL_S = 1.0  # seconds between trims while the agent runs (each about 2 ms on the event loop)
+
+
+async def trim_periodically(interval_s: float = TRIM_INTERVAL_S) -> None:
+    """Hand the heap's freed pages back every ``interval_s`` seconds, until cancelled."""
+    if _malloc_trim() is None:
+        return
+    while True:
+        await asyncio.sleep(interval_s)
+        release_freed_memory()
