@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -25,6 +25,15 @@ class EndOfTurnScorer(Protocol):
     def probability(self, transcript: str) -> float:
         """P(the user's message ends right after ``transcript``)."""
         ...
+
+
+def least_probability(probability: Callable[[str], float], readings: Sequence[str], default: float = 1.0) -> float:
+    """``probability`` of the least finished of a transcript's plausible readings; ``default`` when none has words.
+
+    Cautious on purpose: the turn counts as over only if it is over however whisper's doubtful
+    last word is read, since cutting a user off costs more than a longer wait.
+    """
+    return min((probability(text) for text in readings if text), default=default)
 
 
 _FINAL_PUNCT = re.compile(r"(?<![.?!])[.?!]+$")
@@ -218,12 +227,8 @@ class TurnDetector:
         return 1.0 if self.eot_model is None else self.eot_model.probability(transcript)
 
     def least_probability(self, readings: Sequence[str]) -> float:
-        """P(end of turn) of the least finished of the transcript's plausible readings (1.0 when none).
-
-        Cautious on purpose: the turn counts as over only if it is over however whisper's doubtful
-        last word is read, since cutting a user off costs more than a longer wait.
-        """
-        return min((self.probability(text) for text in readings if text), default=1.0)
+        """P(end of turn) of the least finished of the transcript's readings (1.0 when none)."""
+        return least_probability(self.probability, readings)
 
     def required_silence(self, probability: float) -> float:
         """Seconds of silence after speech that end a turn whose transcript scored ``probability``."""

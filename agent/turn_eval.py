@@ -134,6 +134,7 @@ def score_parts(
     """
     import time
 
+    from agent.turn_detector import least_probability
     from audio_io.frames import SAMPLE_RATE
 
     results: dict[str, list[CaseResult]] = {name: [] for name in scorers}
@@ -153,7 +154,7 @@ def score_parts(
             nxt = t + gaps[i] if i < len(gaps) else None
             for name, scorer in scorers.items():
                 started = time.process_time()
-                p = min(scorer.probability(r) for r in readings) if readings else 0.0
+                p = least_probability(scorer.probability, readings, default=0.0)
                 ready = t + SPECULATE_S + decode_s + time.process_time() - started
                 candidates[name].append((t, ready, p, nxt))
             if nxt is not None:
