@@ -124,7 +124,7 @@ async def _run_voice(
 ) -> tuple[list[TurnMetrics], list[tuple[float, float]]]:
     """One conversation over ``user``; its per-turn metrics and (seconds, resident MB) once a second."""
     memory: list[tuple[float, float]] = []
-    watcher = asyncio.create_task(_watch_memory(memory))
+    watcher = asyncio.create_task(watch_memory(memory))
     try:
         result = await converse(listener, voice, settings, tokenizer, str(user), str(record), quiet=True)
     finally:
@@ -132,7 +132,7 @@ async def _run_voice(
     return result.metrics.turns, memory
 
 
-async def _watch_memory(memory: list[tuple[float, float]]) -> None:
+async def watch_memory(memory: list[tuple[float, float]]) -> None:
     """Resident memory once a second, with the seconds since the conversation started."""
     start = time.monotonic()
     while True:

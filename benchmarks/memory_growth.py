@@ -3,9 +3,10 @@
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python benchmarks/memory_growth.py --turns 100 --gap-s 3
 
 The cascade voice answers scripted questions in real time (``ttt bench --turns`` with a short gap,
-so 100 turns take about 9 minutes). Prints resident memory every 5 turns and the Python allocations
-that grew most between turn 5 and the last turn (tracemalloc sees numpy, not torch or CTranslate2:
-a growth it does not show is native). Results: benchmarks/memory.md.
+so 100 turns take about 9 minutes). Prints resident memory every 5 turns, read as ``ttt bench
+--turns`` reads it (after each turn, before the next question), and the Python allocations that
+grew most between turn 5 and the last turn (tracemalloc sees numpy, not torch or CTranslate2: a
+growth it does not show is native). Results: benchmarks/memory.md.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from agent.bench_chat import QUESTIONS
+from agent.bench_chat import QUESTIONS, memory_by_turn, watch_memory
 from agent.chat import build_voice, converse
 from agent.listen import Listener
-from agent.memory import resident_mb
 from agent.settings import load_settings, set_torch_threads
 
 
@@ -43,34 +43,30 @@ def main() -> None:
     tracemalloc.start(8)
     snapshots: dict[int, tracemalloc.Snapshot] = {}
     memory: list[tuple[float, float]] = []
-    marks = (5, args.turns - 1)
+    marks = (5, args.turns)  # 1-based turns whose Python allocations are compared
 
-    async def watch() -> None:
+    async def snapshot() -> None:
         start = time.monotonic()
-        while True:
-            t = time.monotonic() - start
-            memory.append((t, resident_mb()))
-            for k in marks:
-                if k not in snapshots and t > spans[k][1] + 0.8 * args.gap_s:
-                    gc.collect()
-                    snapshots[k] = tracemalloc.take_snapshot()
-            await asyncio.sleep(1.0)
+        for k in marks:
+            until = spans[k][0] if k < len(spans) else spans[-1][1] + args.gap_s
+            await asyncio.sleep(max(0.0, until - 0.5 - (time.monotonic() - start)))
+            gc.collect()
+            snapshots[k] = tracemalloc.take_snapshot()
 
     async def run() -> None:
-        watcher = asyncio.create_task(watch())
+        watchers = [asyncio.create_task(watch_memory(memory)), asyncio.create_task(snapshot())]
         try:
-            await converse(
-                listener, voice, settings, tokenizer, str(tmp / "user.wav"), str(tmp / "rec.wav"), quiet=True
-            )
+            user, record = str(tmp / "user.wav"), str(tmp / "rec.wav")
+            await converse(listener, voice, settings, tokenizer, user, record, quiet=True)
         finally:
-            watcher.cancel()
+            for watcher in watchers:
+                watcher.cancel()
 
     asyncio.run(run())
     listener.close()
-    for k, (_, end) in enumerate(spans):
-        after = [mb for t, mb in memory if t >= end + 0.9 * args.gap_s]
-        if after and (k % 5 == 0 or k == args.turns - 1):
-            print(f"turn {k}: {after[0]:.1f} MB resident")
+    for k, mb in memory_by_turn(memory, spans).items():
+        if k % 5 == 0 or k == args.turns:
+            print(f"turn {k}: {mb:.1f} MB resident")
     if len(snapshots) == 2:
         first, last = (snapshots[k] for k in marks)
         print(
