@@ -81,6 +81,10 @@ TOOL_APOLOGY = "Sorry, I could not do that."  # spoken when a tool fails, hangs 
 class Voice(Protocol):
     """What writes and voices replies: the unified talker, or the cascade (LLM text, then Piper)."""
 
+    def prime(self, messages: list[dict]) -> None:
+        """Compute the prompt cache of ``messages`` (the system prompt) now, off the first turn's path (blocking)."""
+        ...
+
     def reply(self, messages: list[dict], cancel: threading.Event) -> AsyncIterator[VoiceOutput]:
         """The reply to ``messages``: text deltas and decoded audio, as they are decided."""
         ...
@@ -190,6 +194,7 @@ class Agent:
     async def run(self, source: AudioSource) -> None:
         """Hear ``source`` and answer until it ends and the last reply has played."""
         self._set_state("listening")
+        self._spawn(self._prime())
         commands = asyncio.create_task(self._commands())
         trimmer = asyncio.create_task(trim_periodically())
         try:
@@ -295,6 +300,14 @@ class Agent:
             reply.held_events.append(event)
         else:
             self.emit(event)
+
+    async def _prime(self) -> None:
+        """The voice's prompt cache of the system prompt, computed while the user starts talking."""
+        try:
+            await asyncio.to_thread(self.voice.prime, self.history.chat())
+        except Exception as exc:
+            message = f"could not prepare the prompt cache ({type(exc).__name__}: {exc}); the first reply is slower"
+            self.emit(ErrorEvent(self.now(), "voice", message))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

@@ -111,12 +111,27 @@ class ScheduledModel:
 
 
 class ScheduledTalker(ScheduledModel):
-    """The shared talker; its forward passes (``hidden``) take turns on the lock."""
+    """The shared talker; its forward passes (``hidden``) take turns on the lock.
+
+    Each session's wrapper keeps its own prompt cache: sessions' histories share no prefix worth
+    one cache, and taking turns with it would make every turn prefill its whole history again.
+    """
+
+    def __init__(self, model: Any, lock: FairLock):
+        super().__init__(model, lock)
+        self.prompt_cache: Any = None  # model.generate.PromptCache of this session's last prompt
+        self.cache_lock = threading.Lock()
 
     def hidden(self, *args: Any, **kwargs: Any) -> Any:
         """The talker's forward pass, in turn."""
         with self._lock:
             return self._model.hidden(*args, **kwargs)
+
+    def prime(self, messages: list[dict]) -> None:
+        """Compute the prompt cache of ``messages`` for this session only."""
+        from model.generate import prime
+
+        prime(self, messages)
 
     def astream(self, messages: list[dict], codec: Any = None, **kwargs: Any) -> Any:
         """The talker's streaming generation, with this wrapper as the model it calls."""

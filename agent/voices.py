@@ -39,6 +39,10 @@ class TalkerVoice:
         self.codec = codec
         self.options = options
 
+    def prime(self, messages: list[dict]) -> None:
+        """Compute the KV cache of ``messages``' prompt now, so the first reply prefills only what follows."""
+        self.talker.prime(messages)
+
     def reply(self, messages: list[dict], cancel: threading.Event) -> AsyncIterator[Any]:
         """Text and audio of the talker's reply to ``messages``."""
         return self.talker.astream(messages, self.codec, options=self.options, cancel=cancel)
@@ -71,6 +75,7 @@ class TextStreamer:
         end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.stop = {t for t in (end, self.tokenizer.eos_token_id) if t is not None}
         self._prefix: _Prefix | None = None
+        self._cache: Any = None  # the cache the running generation writes (the prefix's, or a new one)
         self._lock = threading.Lock()  # one generation at a time owns the cache
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
@@ -78,33 +83,51 @@ class TextStreamer:
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
-    def stream(self, messages: list[dict], cancel: threading.Event) -> Iterator[str]:
-        """Yield the reply's text pieces (blocking; run it on a worker thread)."""
+    def prime(self, messages: list[dict]) -> None:
+        """Compute the KV cache of ``messages``' prompt now, so the first reply prefills only what follows."""
+        import torch
+
+        with self._lock, torch.inference_mode():
+            ids = self.prompt_ids(messages)
+            self._prefill(ids)
+            self._prefix = _Prefix(ids, self._cache)
+
+    def _prefill(self, ids: list[int]) -> Any:
+        """Put ``ids`` in the cache (reusing the last prompt's common prefix); the last position's output."""
         import torch
 
         from model.kv_cache import PreallocatedCache
 
+        prefix = self._prefix
+        common = 0
+        if prefix is not None:
+            limit = min(len(prefix.ids), len(ids) - 1)  # at least one new token to run
+            while common < limit and prefix.ids[common] == ids[common]:
+                common += 1
+        if prefix is not None and common > 0:
+            cache = prefix.cache
+            if cache.get_seq_length() > common:
+                cache.crop(common - cache.get_seq_length())
+        else:
+            capacity = self.prompt_tokens + self.max_new_tokens + CACHE_SLACK_TOKENS
+            cache, common = PreallocatedCache(self.model.config, capacity), 0
+        self._prefix = None  # the cache is being changed: invalid until this generation ends
+        self._cache = cache
+        # In chunks: a history trimmed at its start is prefilled again whole, and one pass over
+        # hundreds of positions would take a peak of activation memory the heap keeps afterwards.
+        for start in range(common, len(ids), PREFILL_CHUNK_TOKENS):
+            chunk = torch.tensor([ids[start : start + PREFILL_CHUNK_TOKENS]])
+            out = self.model(chunk, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return out
+
+    def stream(self, messages: list[dict], cancel: threading.Event) -> Iterator[str]:
+        """Yield the reply's text pieces (blocking; run it on a worker thread)."""
+        import torch
+
         ids = self.prompt_ids(messages)
         with self._lock, torch.inference_mode():
-            prefix = self._prefix
-            common = 0
-            if prefix is not None:
-                limit = min(len(prefix.ids), len(ids) - 1)  # at least one new token to run
-                while common < limit and prefix.ids[common] == ids[common]:
-                    common += 1
-            if prefix is not None and common > 0:
-                cache = prefix.cache
-                if cache.get_seq_length() > common:
-                    cache.crop(common - cache.get_seq_length())
-            else:
-                capacity = self.prompt_tokens + self.max_new_tokens + CACHE_SLACK_TOKENS
-                cache, common = PreallocatedCache(self.model.config, capacity), 0
-            self._prefix = None  # the cache is being changed: invalid until this generation ends
-            # In chunks: a history trimmed at its start is prefilled again whole, and one pass over
-            # hundreds of positions would take a peak of activation memory the heap keeps afterwards.
-            for start in range(common, len(ids), PREFILL_CHUNK_TOKENS):
-                chunk = torch.tensor([ids[start : start + PREFILL_CHUNK_TOKENS]])
-                out = self.model(chunk, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = self._prefill(ids)
+            cache = self._cache
             reply: list[int] = []
             shown = ""
             while len(reply) < self.max_new_tokens and not cancel.is_set():
@@ -143,6 +166,10 @@ class CascadeVoice:
         self.first_words = first_words  # ...and the first one already at this length, so sound starts soon
         # The one thread that runs Piper; voices sharing a teacher share it (espeak-ng keeps global state).
         self.synth = synth or ThreadPoolExecutor(max_workers=1, thread_name_prefix="ttt-piper")
+
+    def prime(self, messages: list[dict]) -> None:
+        """Compute the LLM's KV cache of ``messages``' prompt now, so the first reply prefills only what follows."""
+        self.text.prime(messages)
 
     def reply(self, messages: list[dict], cancel: threading.Event) -> AsyncIterator[Any]:
         """The LLM's reply, voiced as it is written."""

@@ -16,9 +16,9 @@ the exact KV cache of everything before it. The decided span joins the cache wit
 from __future__ import annotations
 
 import asyncio
-import copy
 import threading
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,13 +79,23 @@ class GenerationOptions:
         )
 
 
-@dataclass
-class PrimedPrompt:
-    """A fixed prompt's KV cache, computed once and copied into every stream that starts with it."""
+CACHE_POSITIONS = 2048  # a stream's KV cache: a long history plus one reply's text, phonemes and frames (grows past it)
+PREFILL_CHUNK_POSITIONS = 128  # prompt positions per forward pass: a bounded peak of activation memory
+CACHE_WAIT_S = 2.0  # how long a stream waits for another to hand back the prompt cache before prefilling alone
 
-    ids: list[int]  # the prompt tokens whose cache this is
+
+@dataclass
+class PromptCache:
+    """The KV cache of the last prompt a talker ran, kept for the next prompt that starts with the same tokens.
+
+    A conversation's prompt is the previous one plus the reply and the new user turn; ``say``'s
+    prompt never changes. So a stream prefills only the tokens after the longest common prefix,
+    and the cost of a turn does not grow with the length of the conversation.
+    """
+
+    ids: list[int]  # the prompt tokens whose keys and values ``cache`` holds
     positions: Positions  # their positions
-    cache: Any  # DynamicCache holding exactly those positions (copied before each use)
+    cache: Any  # a model.kv_cache.PreallocatedCache holding exactly those positions
     last_hidden: torch.Tensor  # hidden state of the last prompt position
 
 
@@ -93,14 +103,15 @@ class GenerationState:
     """The positions of one generation: those in the KV cache and those decided but not yet computed."""
 
     def __init__(self, talker: Any, use_cache: bool, cancel: threading.Event | None):
-        from transformers import DynamicCache
+        from model.kv_cache import PreallocatedCache
 
         self.talker, self.use_cache, self.cancel = talker, use_cache, cancel
-        self.cache = DynamicCache(config=talker.lm.config) if use_cache else None
+        self.cache = PreallocatedCache(talker.lm.config, CACHE_POSITIONS) if use_cache else None
         groups = talker.config.groups
         self.done = Positions(groups)  # in the cache (or, without cache, already final)
         self.pending = Positions(groups)  # final, not computed yet: they ride along the next pass
         self.passes = 0  # forward passes so far (for tests and benchmarks)
+        self.prefilled = 0  # prompt positions this stream computed (the rest came from the prompt cache)
         self.last_hidden: torch.Tensor | None = None  # hidden state of the last final position, if computed
 
     @torch.inference_mode()  # per call, not around the generator: the mode must not leak to the consumer
@@ -144,16 +155,70 @@ class GenerationState:
 
 
 def prime(talker: Any, messages: list[dict[str, str]]) -> None:
-    """Compute once the KV cache of ``messages``' prompt (``say``'s fixed prompt, a system prompt).
+    """Compute now the KV cache of ``messages``' prompt (``say``'s fixed prompt, a system prompt).
 
-    A later :func:`stream` whose prompt starts with these tokens copies that cache instead of
-    prefilling them again: the prompt's cost moves from the first-audio path to load time.
+    The next :func:`stream` whose prompt starts with these tokens prefills only the rest: the
+    prompt's cost moves from the first-audio path to load time.
     """
-    ids = talker.prompt_ids(messages)
-    state = GenerationState(talker, use_cache=True, cancel=None)
-    state.pending.add_text(ids)
-    hidden = state.forward()[-1]
-    talker.primed = PrimedPrompt(ids, state.done, state.cache, hidden)
+    with _prompt_cache(talker, talker.prompt_ids(messages), None) as state:
+        del state
+
+
+@contextmanager
+def _prompt_cache(talker: Any, ids: list[int], cancel: threading.Event | None) -> Iterator[GenerationState]:
+    """A cached generation state with the prompt ``ids`` prefilled, handed back as the talker's prompt cache.
+
+    Reuses the longest prefix of ``ids`` that the talker's :class:`PromptCache` holds. On leaving,
+    the cache is cut back to the prompt and kept for the next stream; after an error inside a forward
+    pass (its layers may be half written) it is dropped. Streams take turns: one that finds the cache
+    busy for :data:`CACHE_WAIT_S` prefills a cache of its own and keeps nothing.
+    """
+    state = GenerationState(talker, use_cache=True, cancel=cancel)
+    owned = talker.cache_lock.acquire(timeout=CACHE_WAIT_S)
+    prompt: PromptCache | None = None  # what is handed back: the prompt's part of the cache, once computed
+    try:
+        held = None
+        if owned:
+            held, talker.prompt_cache = talker.prompt_cache, None  # invalid while this stream changes it
+        common = _common_prefix(held, ids)
+        if held is not None and common:
+            state.cache = held.cache
+            state.cache.crop(common - state.cache.get_seq_length())
+            state.done = held.positions.head(common)
+            if common == len(held.ids):
+                state.last_hidden = held.last_hidden
+                prompt = PromptCache(list(ids[:common]), state.done, state.cache, state.last_hidden)
+        for start in range(common, len(ids), PREFILL_CHUNK_POSITIONS):
+            state.pending.add_text(ids[start : start + PREFILL_CHUNK_POSITIONS])
+            state.forward()
+            state.prefilled += len(ids[start : start + PREFILL_CHUNK_POSITIONS])
+            prompt = PromptCache(list(ids[: len(state.done)]), state.done, state.cache, state.last_hidden)
+        yield state
+    except (Cancelled, GeneratorExit):
+        raise  # raised between forward passes: the cache is whole
+    except BaseException:
+        prompt = None  # a forward pass may have stopped half way through the layers
+        raise
+    finally:
+        if owned:
+            if prompt is not None:
+                extra = prompt.cache.get_seq_length() - len(prompt.ids)
+                if extra > 0:
+                    prompt.cache.crop(-extra)
+            talker.prompt_cache = prompt
+            talker.cache_lock.release()
+
+
+def _common_prefix(held: PromptCache | None, ids: list[int]) -> int:
+    """How many leading tokens of ``ids`` the cache ``held`` serves: all only if it is this very prompt."""
+    if held is None:
+        return 0
+    common, limit = 0, min(len(held.ids), len(ids))
+    while common < limit and held.ids[common] == ids[common]:
+        common += 1
+    if common == len(ids) and len(held.ids) != len(ids):
+        common -= 1  # the last hidden state kept is of a later position: run the last token again
+    return common
 
 
 def stream(
@@ -177,8 +242,9 @@ def stream(
     at every pass (a slow reference for tests). ``teacher`` (true frames [k, G] of every span, with
     ``text``) makes each span a prediction from the true spans before it: the span is diffused at
     its true length and yielded, but the true frames join the context (the single-span measurement).
-    ``stats`` receives ``passes`` (forward passes) and
-    ``positions`` (every position of the turn, as :func:`model.sequence.build_reply` lays it out).
+    ``stats`` receives ``passes`` (forward passes), ``prefilled`` (prompt positions computed, the
+    rest taken from the talker's :class:`PromptCache`) and ``positions`` (every position of the
+    turn, as :func:`model.sequence.build_reply` lays it out).
     """
     options = options or GenerationOptions()
     forced = None
@@ -186,23 +252,25 @@ def stream(
         forced = chunk_tokens(talker.tokenizer, text)
         if not forced:
             raise ValueError("the text to say is empty; give at least one word")
-    state = GenerationState(talker, use_cache=use_cache, cancel=cancel)
+    if teacher is not None and (forced is None or len(teacher) != len(forced)):
+        raise ValueError(f"teacher spans need the text and one span per chunk ({len(forced or [])} chunks)")
     ids = talker.prompt_ids(messages)
-    primed = talker.primed
-    if use_cache and primed is not None and ids[: len(primed.ids)] == primed.ids:
-        state.done, state.cache = primed.positions, copy.deepcopy(primed.cache)
-        state.last_hidden = primed.last_hidden
-        ids = ids[len(primed.ids) :]
-    state.pending.add_text(ids)
+    if use_cache:
+        context = _prompt_cache(talker, ids, cancel)
+    else:
+        uncached = GenerationState(talker, use_cache=False, cancel=cancel)
+        uncached.pending.add_text(ids)
+        context = nullcontext(uncached)
+    state: GenerationState | None = None
     try:
-        if teacher is not None and (forced is None or len(teacher) != len(forced)):
-            raise ValueError(f"teacher spans need the text and one span per chunk ({len(forced or [])} chunks)")
-        yield from _reply(talker, state, codec, forced, options, teacher)
+        with context as state:
+            yield from _reply(talker, state, codec, forced, options, teacher)
     except Cancelled:
         return
     finally:
-        if stats is not None:
+        if stats is not None and state is not None:
             stats["passes"] = state.passes
+            stats["prefilled"] = state.prefilled if use_cache else len(state.done)
             stats["positions"] = state.done.concat(state.pending)
 
 

@@ -97,6 +97,13 @@ class Positions:
                 return i
         raise ValueError("no text position yet")
 
+    def head(self, count: int) -> Positions:
+        """A new list of the first ``count`` rows."""
+        out = Positions(self.groups)
+        for name in ("kinds", "tokens", "codes", "span", "slot", "text_target", "dur_target"):
+            setattr(out, name, getattr(self, name)[:count])
+        return out
+
     def concat(self, other: Positions) -> Positions:
         """A new list: these rows, then ``other``'s."""
         out = Positions(self.groups)

@@ -132,7 +132,8 @@ class Talker(nn.Module):
         end = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
         self.end_token: int = end if end is not None else tokenizer.eos_token_id
         self.stop_tokens = {t for t in (self.end_token, tokenizer.eos_token_id) if t is not None}
-        self.primed: Any = None  # model.generate.PrimedPrompt: a fixed prompt's KV cache, reused by every stream
+        self.prompt_cache: Any = None  # model.generate.PromptCache: the last prompt's KV cache, extended by the next
+        self.cache_lock = threading.Lock()  # one stream at a time owns the prompt cache
 
     @classmethod
     def from_backbone(cls, backbone: Any, config: TalkerConfig, share: bool = False, lora: bool = True) -> Talker:
@@ -334,7 +335,7 @@ class Talker(nn.Module):
                     params[key[len("lm.") :]].copy_(value)
         if merged:
             self.lm.merge_adapter()
-        self.primed = None  # a primed cache was computed with the old weights
+        self.prompt_cache = None  # computed with the old weights
         return {k: json.loads(v) for k, v in meta.items() if k not in ("talker_config", "hidden")}
 
     def _hidden_size(self) -> int:

@@ -172,6 +172,7 @@ class FakeVoice:
         self.word_s = word_s
         self.prompts: list[list[dict]] = []  # the messages of every reply asked for
         self.cancelled = 0  # replies that stopped because their cancel event was set
+        self.primed: list[list[dict]] = []  # the messages of every prime asked for
 
     def word_audio(self) -> np.ndarray:
         """One word of the agent's voice."""
@@ -195,6 +196,10 @@ class FakeVoice:
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
+
+    def prime(self, messages: list[dict]) -> None:
+        """Note the prompt to prime (a fake has no cache)."""
+        self.primed.append([dict(m) for m in messages])
 
     def reply(self, messages: list[dict], cancel) -> AsyncIterator:
         """Answer ``messages``."""

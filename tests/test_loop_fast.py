@@ -77,6 +77,7 @@ def test_a_question_gets_a_spoken_answer_that_starts_after_the_user_stopped():
     (finished,) = of(agent, PlaybackFinished)
     states = [e.new_state for e in of(agent, AgentStateChanged)]
     assert states == ["listening", "thinking", "speaking", "listening"]
+    assert voice.primed == [[{"role": "system", "content": "You are a test."}]]  # cached before the first turn
     assert turn.text == SCRIPT.texts[0]
     assert not finished.interrupted and finished.heard_text == SHORT_REPLY
     assert finished.position_s == pytest.approx(5 * WORD_AUDIO_S)
@@ -189,6 +190,18 @@ def test_muted_microphone_is_not_heard_until_unmuted():
     agent, voice, _ = converse([(0.5, 0), (4.0, 3)], during=during)
     assert [e.text for e in of(agent, EndOfTurn)] == [SCRIPT.texts[3]]
     assert len(voice.prompts) == 1
+
+
+class UnprimableVoice(FakeVoice):
+    def prime(self, messages):
+        raise RuntimeError("no memory for the cache")
+
+
+def test_a_voice_that_cannot_prime_still_answers():
+    agent, _, _ = converse([(0.5, 0)], voice_cls=UnprimableVoice)
+    (error,) = of(agent, ErrorEvent)
+    assert error.component == "voice" and "no memory for the cache" in error.message
+    assert of(agent, PlaybackFinished)[0].heard_text == SHORT_REPLY
 
 
 class BrokenVoice(FakeVoice):

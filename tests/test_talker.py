@@ -378,15 +378,50 @@ def test_incremental_mask_matches_the_full_rule():
 
 
 @pytest.mark.parametrize("forced", [True, False])
-def test_primed_prompt_cache_changes_nothing(tokenizer, forced):
-    talker = tiny_talker(tokenizer)
-    text = "Priming only moves the prompt's cost." if forced else None
+def test_prompt_cache_changes_nothing(tokenizer, forced):
+    """Streams that reuse the last prompt's cache give what fresh, uncached ones give."""
+    text = "Reusing only moves the prompt's cost." if forced else None
     options = GenerationOptions(max_new_tokens=7, temperature=1.0, seed=1)
     longer = MESSAGES + [{"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Again."}]
+    other = [{"role": "user", "content": "Something else entirely."}]
+    turns = [MESSAGES, longer, longer, MESSAGES, other]
     with torch.inference_mode():
-        plain = [_summary(talker.stream(m, None, text=text, options=options)) for m in (MESSAGES, longer)]
-        talker.prime(MESSAGES)  # the whole prompt of MESSAGES, a prefix of the longer history
-        primed = _summary(talker.stream(MESSAGES, None, text=text, options=options))
-        primed_longer = _summary(talker.stream(longer, None, text=text, options=options))
-    assert primed == plain[0] and primed_longer == plain[1]
-    assert talker.primed is not None and len(talker.primed.ids) > 5
+        fresh = [
+            _summary(tiny_talker(tokenizer).stream(m, None, text=text, options=options, use_cache=False)) for m in turns
+        ]
+        talker = tiny_talker(tokenizer)
+        talker.prime(MESSAGES)
+        assert talker.prompt_cache.ids == talker.prompt_ids(MESSAGES)
+        reused, prefilled = [], []
+        for m in turns:
+            stats: dict = {}
+            reused.append(_summary(talker.stream(m, None, text=text, options=options, stats=stats)))
+            prefilled.append(stats["prefilled"])
+            assert talker.prompt_cache.ids == talker.prompt_ids(m)  # cut back to the prompt, kept
+    assert reused == fresh
+    new_tokens = len(talker.prompt_ids(longer)) - len(talker.prompt_ids(MESSAGES))
+    # primed; only the new messages; the very same prompt; a prefix of the cached one (its last
+    # token runs again); nothing in common past the template's first tokens
+    assert prefilled[:4] == [0, new_tokens, 0, 1]
+    assert 0 < prefilled[4] < len(talker.prompt_ids(other))
+
+
+def test_prompt_cache_survives_a_cancelled_stream(tokenizer):
+    longer = MESSAGES + [{"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Again."}]
+    options = GenerationOptions(max_new_tokens=7, temperature=1.0, seed=1)
+    with torch.inference_mode():
+        expected = _summary(tiny_talker(tokenizer).stream(longer, None, options=options))
+        talker = tiny_talker(tokenizer)
+        cancel = threading.Event()
+        for event in talker.stream(MESSAGES, None, options=options, cancel=cancel):
+            if isinstance(event, AudioChunk):
+                cancel.set()  # stops before the next forward pass, mid-reply
+        assert talker.prompt_cache.ids == talker.prompt_ids(MESSAGES)
+        stream = talker.stream(MESSAGES, None, options=options)
+        next(stream)
+        stream.close()  # the consumer walks away mid-reply
+        assert talker.prompt_cache.ids == talker.prompt_ids(MESSAGES)
+        stats: dict = {}
+        again = _summary(talker.stream(longer, None, options=options, stats=stats))
+    assert again == expected
+    assert stats["prefilled"] == len(talker.prompt_ids(longer)) - len(talker.prompt_ids(MESSAGES))
