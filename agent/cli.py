@@ -393,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ttt`` console script."""
+    from agent.memory import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before any model starts a thread
     parser = build_parser()
     args = parser.parse_args(argv)
     # transformers warns about its own deprecated attribute whenever peft wraps a model: not ours to fix.

@@ -3,10 +3,15 @@
 The models allocate natively (torch, CTranslate2, onnxruntime) through glibc's malloc, which keeps
 freed memory in its arenas. A conversation's tensors change size every turn, the arenas fragment,
 and resident memory creeps up long after the process's real needs have stopped growing (measured
-in benchmarks/memory.md). ``malloc_trim`` returns the free pages; it takes about 2 ms, so the agent
-calls it once a second while it runs, rather than changing how every allocation is served (a fixed
-mmap threshold does that, and slows the models by a fifth). Once per reply was measured too: memory
-freed after the reply (whisper's and Piper's buffers of the next turn) then stays until the next one.
+in benchmarks/memory.md). Two things keep it flat:
+
+- ``malloc_trim`` returns the free pages; it takes about 2 ms, so the agent calls it once a second
+  while it runs, rather than changing how every allocation is served (a fixed mmap threshold does
+  that, and slows the models by a fifth). Once per reply was measured too: memory freed after the
+  reply (whisper's and Piper's buffers of the next turn) then stays until the next one.
+- ``ttt`` limits glibc to two malloc arenas at start (its default is eight per core): each thread
+  that meets a busy arena gets a new one, and memory freed in one arena cannot serve another, so a
+  long run took a step of about 50 MB that trimming never gave back. Side by side, latency is the same.
 """
 
 from __future__ import annotations
@@ -32,6 +37,22 @@ def _malloc_trim():  # noqa: ANN202 - a ctypes function, or None
         return ctypes.CDLL(name).malloc_trim if name else None
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
         return None
+
+
+MALLOC_ARENAS = 2  # glibc malloc arenas for the whole process (M_ARENA_MAX); $MALLOC_ARENA_MAX wins
+_M_ARENA_MAX = -8  # mallopt's parameter number for it (malloc.h)
+
+
+def limit_malloc_arenas(count: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas at ``count`` (call before threads start); False where not glibc or already set."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False  # the person running us chose: glibc read it at start
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt is not None and mallopt(_M_ARENA_MAX, count))
 
 
 def release_freed_memory() -> bool:
