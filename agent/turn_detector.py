@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from model.backbone import int8_linears
+
 Scoring = Literal["sentence_end", "im_end", "im_end_normalised"]
 
 
@@ -56,21 +58,6 @@ def normalise_transcript(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
 
 
-def _int8_copy(model: Any) -> Any:
-    """A copy of ``model`` with int8 dynamically quantized nn.Linear layers (CPU inference only)."""
-    import copy
-    import warnings
-
-    import torch
-
-    if next(model.parameters()).device.type != "cpu":
-        return model  # int8 dynamic quantization is a CPU kernel; GPUs are fast enough in fp32
-    with warnings.catch_warnings():
-        # torch.ao.quantization is deprecated in favour of torchao, which we do not depend on.
-        warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
-
-
 class EndOfTurnModel:
     """P(end of user turn | transcript) from a chat LLM, reusing the KV cache of the fixed prefix.
 
@@ -102,7 +89,7 @@ class EndOfTurnModel:
         self.scoring: Scoring = "sentence_end" if head is not None else scoring
         self.head = head
         self._torch = torch
-        self.model = _int8_copy(backbone.model) if quantize else backbone.model
+        self.model = int8_linears(backbone.model) if quantize else backbone.model
         self.tokenizer = backbone.tokenizer
         self._lock = threading.Lock()  # the cached prefix is shared: one scoring at a time
         end_ids = self.tokenizer.convert_tokens_to_ids(["<|im_end|>"])

@@ -51,3 +51,32 @@ def load_backbone(override: str | None = None, cache: str | None = None, device:
     model.eval()
     model.requires_grad_(False)
     return Backbone(model=model, tokenizer=tokenizer, source=source)
+
+
+def int8_linears(model: Any, inplace: bool = False, keep: tuple[str, ...] = ()) -> Any:
+    """``model`` (a copy unless ``inplace``) with int8 dynamically quantized nn.Linear layers.
+
+    CPU inference only: a decode step of a small LLM reads every weight once, so on CPU it is bound
+    by memory bandwidth, and int8 weights are a quarter of fp32's bytes. Layers whose name contains
+    one of ``keep`` stay fp32 (SmolLM2's ``down_proj`` inputs have outliers that int8 activations
+    clip: measured in model/checkpoints/TALKER_CARD.md). On a GPU ``model`` is returned as it is
+    (the kernel is CPU-only, and fp32 is fast enough there).
+    """
+    import copy
+    import warnings
+
+    import torch
+
+    if next(model.parameters()).device.type != "cpu":
+        return model
+    target = model if inplace else copy.deepcopy(model)
+    qconfig = torch.ao.quantization.default_dynamic_qconfig
+    spec = {
+        name: qconfig
+        for name, module in target.named_modules()
+        if isinstance(module, torch.nn.Linear) and not any(k in name for k in keep)
+    }
+    with warnings.catch_warnings():
+        # torch.ao.quantization is deprecated in favour of torchao, which we do not depend on.
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(target, spec, dtype=torch.qint8, inplace=inplace)

@@ -95,7 +95,18 @@ class SpeechParams(nn.Module):
 
     def code_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden states [..., H] -> code logits [..., G, K]."""
-        return self.head(hidden).unflatten(-1, (self.groups, self.codebook_size))
+        return on_rows(self.head, hidden).unflatten(-1, (self.groups, self.codebook_size))
+
+
+def on_rows(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """``layer`` on ``hidden`` [..., H] as a batch of rows (an int8 linear layer takes 2-D input only)."""
+    if hidden.dim() == 2:
+        return layer(hidden)
+    out = layer(hidden.reshape(-1, hidden.shape[-1]))
+    return out.reshape(*hidden.shape[:-1], out.shape[-1])
+
+
+INT8_KEEP = ("down_proj",)  # linear layers that stay fp32 when the talker is quantized (outlier inputs)
 
 
 class Talker(nn.Module):
@@ -134,6 +145,7 @@ class Talker(nn.Module):
         self.stop_tokens = {t for t in (self.end_token, tokenizer.eos_token_id) if t is not None}
         self.prompt_cache: Any = None  # model.generate.PromptCache: the last prompt's KV cache, extended by the next
         self.cache_lock = threading.Lock()  # one stream at a time owns the prompt cache
+        self.quantized = False  # int8 linear layers (inference only; see quantize)
 
     @classmethod
     def from_backbone(cls, backbone: Any, config: TalkerConfig, share: bool = False, lora: bool = True) -> Talker:
@@ -153,6 +165,24 @@ class Talker(nn.Module):
             if getattr(self.lm.base_model, "merged", False):
                 self.lm.unmerge_adapter()
             self.lm.merge_adapter()
+
+    def quantize(self) -> None:
+        """Int8 weights in every linear layer, LoRA merged first (CPU inference only; there is no way back).
+
+        A decode step reads every weight once, so on CPU it is bound by memory bandwidth; int8
+        weights are a quarter of the bytes (benchmarks/say.md). Load the checkpoint before: new
+        weights cannot be loaded into quantized layers.
+        """
+        from model.backbone import int8_linears
+
+        if self.device.type != "cpu":
+            return
+        self.merge_lora()
+        int8_linears(self, inplace=True, keep=INT8_KEEP)
+        base = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+        self._lm_head = base.get_output_embeddings()
+        self.quantized = True
+        self.prompt_cache = None  # computed with the fp32 weights
 
     @property
     def device(self) -> torch.device:
@@ -199,11 +229,11 @@ class Talker(nn.Module):
 
     def text_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The backbone's LM head on ``hidden`` [..., H]."""
-        return self._lm_head(hidden)
+        return on_rows(self._lm_head, hidden)
 
     def duration_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Span-length logits [..., max_span + 1] (class 0 is never a target)."""
-        return self.speech.duration_head(hidden)
+        return on_rows(self.speech.duration_head, hidden)
 
     # --- training ------------------------------------------------------------------------------
 
@@ -302,6 +332,8 @@ class Talker(nn.Module):
         from safetensors import safe_open
 
         path = Path(path)
+        if self.quantized:
+            raise ValueError(f"cannot load {path} into a quantized talker: load the checkpoint, then quantize")
         if not path.is_file():
             raise AssetError(f"talker checkpoint {path} does not exist (train one with `ttt train talker`)")
         try:
@@ -403,6 +435,8 @@ def load_talker(
         trained = True
     talker.merge_lora()
     talker.eval()
+    if settings.talker.quantize:
+        talker.quantize()
     return talker, trained
 
 

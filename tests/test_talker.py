@@ -425,3 +425,19 @@ def test_prompt_cache_survives_a_cancelled_stream(tokenizer):
         again = _summary(talker.stream(longer, None, options=options, stats=stats))
     assert again == expected
     assert stats["prefilled"] == len(talker.prompt_ids(longer)) - len(talker.prompt_ids(MESSAGES))
+
+
+def test_quantized_talker_is_close_to_fp32_and_refuses_new_weights(tokenizer, tmp_path):
+    chunks = [Chunk([5, 6], [3, 4], 2), Chunk([7], [5], 3)]
+    packed = pack([build_reply([1, 2], chunks, torch.randint(0, 8, (5, 2)), 9)[0]], 64)
+    plain, quantized = tiny_talker(tokenizer), tiny_talker(tokenizer)
+    quantized.quantize()
+    assert quantized.quantized and "quantized" in type(quantized.speech.head).__module__
+    with torch.inference_mode():
+        h, hq = (t.hidden(t.embed(packed.tensors), packed.mask, packed.positions) for t in (plain, quantized))
+        cosine = torch.nn.functional.cosine_similarity(h, hq, dim=-1)
+        assert float(cosine.min()) > 0.99
+        events = list(quantized.stream(MESSAGES, None, text="Still speaks.", options=GenerationOptions(seed=0)))
+    assert events[-1].final
+    with pytest.raises(ValueError, match="load the checkpoint, then quantize"):
+        quantized.load_trainable(tmp_path / "any.safetensors")
