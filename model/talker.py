@@ -167,11 +167,11 @@ class Talker(nn.Module):
             self.lm.merge_adapter()
 
     def quantize(self) -> None:
-        """Int8 weights in every linear layer, LoRA merged first (CPU inference only; there is no way back).
+        """Int8 linear layers but ``INT8_KEEP``, LoRA merged first (CPU inference only; no way back).
 
         A decode step reads every weight once, so on CPU it is bound by memory bandwidth; int8
-        weights are a quarter of the bytes (benchmarks/say.md). Load the checkpoint before: new
-        weights cannot be loaded into quantized layers.
+        weights are a quarter of the bytes. Faster and less accurate: model/checkpoints/TALKER_CARD.md.
+        Load the checkpoint first: new weights cannot be loaded into quantized layers.
         """
         from model.backbone import int8_linears
 
