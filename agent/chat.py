@@ -60,7 +60,7 @@ def build_voice(settings: Settings, reply: str | None = None) -> tuple[Voice, st
         from agent.voices import CascadeVoice, TextStreamer
         from training.teacher import teacher_voice
 
-        teacher = teacher_voice(settings.assets.piper_voice, threads=1)
+        teacher = teacher_voice(settings.assets.piper_voice, threads=1, arena=False)  # flat memory for hours
         text = TextStreamer(backbone, settings.agent.max_reply_tokens, settings.agent.max_history_tokens)
         return CascadeVoice(text, teacher), reply, backbone.tokenizer
     from agent.voices import TalkerVoice

@@ -69,3 +69,34 @@ def test_malloc_arenas_are_limited_to_two():
 def test_a_malloc_arena_max_from_the_environment_is_left_alone():
     limited, arenas = _arenas("limit", {"MALLOC_ARENA_MAX": "3"})
     assert limited == "False" and arenas <= 3
+
+
+PIPER_PROBE = """
+import sys
+from agent.memory import release_freed_memory, resident_mb
+from training.teacher import TeacherVoice
+voice = TeacherVoice(threads=1, arena=sys.argv[1] == "arena")
+voice.speak("Hello there.")
+release_freed_memory()
+before = resident_mb()
+for words in (14, 20):
+    voice.speak(" ".join(["unbelievably"] * words))
+voice.speak("Hello there.")
+release_freed_memory()
+print(resident_mb() - before)
+"""
+
+
+def _piper_growth_mb(mode: str) -> float:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", PIPER_PROBE, mode], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return float(out.stdout.split()[-1])
+
+
+def test_the_agents_piper_keeps_no_memory_from_a_long_clause():
+    """onnxruntime's arena keeps what the longest utterance needed; the agent's Piper runs without it."""
+    assert _piper_growth_mb("no-arena") < 10
+    assert _piper_growth_mb("arena") > 30

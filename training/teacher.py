@@ -27,11 +27,16 @@ class Utterance:
 class TeacherVoice:
     """A Piper voice; ``speak(text)`` returns an :class:`Utterance`. Thread-safe for reading."""
 
-    def __init__(self, voice_path: str | os.PathLike | None = None, steady: bool = False, threads: int = 0):
+    def __init__(
+        self, voice_path: str | os.PathLike | None = None, steady: bool = False, threads: int = 0, arena: bool = True
+    ):
         """Load the voice; ``steady`` turns off Piper's sampling noise, so a text always sounds the same.
 
         ``threads`` > 0 caps onnxruntime's threads (one voicing process per core wants 1: with the
         default, one thread per core in every process, the processes fight over the cores).
+        ``arena=False`` turns off onnxruntime's CPU memory arena, which keeps whatever its longest
+        utterance needed (about 50 MB more after a long clause, for good): a long-running agent
+        wants flat memory, at about 30 ms more per clause (benchmarks/memory.md).
         """
         import onnxruntime
         from piper import PiperConfig, PiperVoice
@@ -41,6 +46,7 @@ class TeacherVoice:
         options = onnxruntime.SessionOptions()
         if threads > 0:
             options.intra_op_num_threads = options.inter_op_num_threads = threads
+        options.enable_cpu_mem_arena = arena
         config = json.loads(Path(f"{path}.json").read_text(encoding="utf-8"))
         session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
         self._voice = PiperVoice(config=PiperConfig.from_dict(config), session=session)
@@ -67,9 +73,11 @@ class TeacherVoice:
 
 
 @functools.lru_cache(maxsize=4)
-def teacher_voice(voice_path: str | None = None, steady: bool = False, threads: int = 0) -> TeacherVoice:
+def teacher_voice(
+    voice_path: str | None = None, steady: bool = False, threads: int = 0, arena: bool = True
+) -> TeacherVoice:
     """A process-wide shared :class:`TeacherVoice` (loading takes about a second)."""
-    return TeacherVoice(voice_path, steady, threads)
+    return TeacherVoice(voice_path, steady, threads, arena)
 
 
 def write_conversation(
