@@ -28,7 +28,6 @@ from model.talker import SAY_MESSAGES
 LEADING_SILENCE = 0.01  # amplitude below which Piper's first samples are cut (10 ms before the first louder one kept)
 CLAUSE_END = re.compile(r"[.!?;:,]\s*$")  # a text piece ending like this can be voiced on its own
 CACHE_SLACK_TOKENS = 64  # the history's token count is an estimate; the cache grows if it is exceeded
-PREFILL_CHUNK_TOKENS = 128  # prompt positions prefilled per forward pass (a usual turn adds fewer)
 
 
 class TalkerVoice:
@@ -75,7 +74,6 @@ class TextStreamer:
         end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.stop = {t for t in (end, self.tokenizer.eos_token_id) if t is not None}
         self._prefix: _Prefix | None = None
-        self._cache: Any = None  # the cache the running generation writes (the prefix's, or a new one)
         self._lock = threading.Lock()  # one generation at a time owns the cache
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
@@ -89,21 +87,19 @@ class TextStreamer:
 
         with self._lock, torch.inference_mode():
             ids = self.prompt_ids(messages)
-            self._prefill(ids)
-            self._prefix = _Prefix(ids, self._cache)
+            cache, _ = self._prefill(ids)
+            self._prefix = _Prefix(ids, cache)
 
-    def _prefill(self, ids: list[int]) -> Any:
-        """Put ``ids`` in the cache (reusing the last prompt's common prefix); the last position's output."""
+    def _prefill(self, ids: list[int]) -> tuple[Any, Any]:
+        """Put ``ids`` in a cache (reusing the last prompt's common prefix); (the cache, the last position's output)."""
         import torch
 
-        from model.kv_cache import PreallocatedCache
+        from model.kv_cache import PREFILL_CHUNK_TOKENS, PreallocatedCache, common_prefix_length
 
         prefix = self._prefix
         common = 0
         if prefix is not None:
-            limit = min(len(prefix.ids), len(ids) - 1)  # at least one new token to run
-            while common < limit and prefix.ids[common] == ids[common]:
-                common += 1
+            common = min(common_prefix_length(prefix.ids, ids), len(ids) - 1)  # at least one new token to run
         if prefix is not None and common > 0:
             cache = prefix.cache
             if cache.get_seq_length() > common:
@@ -112,13 +108,10 @@ class TextStreamer:
             capacity = self.prompt_tokens + self.max_new_tokens + CACHE_SLACK_TOKENS
             cache, common = PreallocatedCache(self.model.config, capacity), 0
         self._prefix = None  # the cache is being changed: invalid until this generation ends
-        self._cache = cache
-        # In chunks: a history trimmed at its start is prefilled again whole, and one pass over
-        # hundreds of positions would take a peak of activation memory the heap keeps afterwards.
         for start in range(common, len(ids), PREFILL_CHUNK_TOKENS):
             chunk = torch.tensor([ids[start : start + PREFILL_CHUNK_TOKENS]])
             out = self.model(chunk, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return out
+        return cache, out
 
     def stream(self, messages: list[dict], cancel: threading.Event) -> Iterator[str]:
         """Yield the reply's text pieces (blocking; run it on a worker thread)."""
@@ -126,8 +119,7 @@ class TextStreamer:
 
         ids = self.prompt_ids(messages)
         with self._lock, torch.inference_mode():
-            out = self._prefill(ids)
-            cache = self._cache
+            cache, out = self._prefill(ids)
             reply: list[int] = []
             shown = ""
             while len(reply) < self.max_new_tokens and not cancel.is_set():

@@ -80,7 +80,6 @@ class GenerationOptions:
 
 
 CACHE_POSITIONS = 2048  # a stream's KV cache: a long history plus one reply's text, phonemes and frames (grows past it)
-PREFILL_CHUNK_POSITIONS = 128  # prompt positions per forward pass: a bounded peak of activation memory
 CACHE_WAIT_S = 2.0  # how long a stream waits for another to hand back the prompt cache before prefilling alone
 
 
@@ -160,8 +159,8 @@ def prime(talker: Any, messages: list[dict[str, str]]) -> None:
     The next :func:`stream` whose prompt starts with these tokens prefills only the rest: the
     prompt's cost moves from the first-audio path to load time.
     """
-    with _prompt_cache(talker, talker.prompt_ids(messages), None) as state:
-        del state
+    with _prompt_cache(talker, talker.prompt_ids(messages), None):
+        pass
 
 
 @contextmanager
@@ -173,6 +172,8 @@ def _prompt_cache(talker: Any, ids: list[int], cancel: threading.Event | None) -
     pass (its layers may be half written) it is dropped. Streams take turns: one that finds the cache
     busy for :data:`CACHE_WAIT_S` prefills a cache of its own and keeps nothing.
     """
+    from model.kv_cache import PREFILL_CHUNK_TOKENS
+
     state = GenerationState(talker, use_cache=True, cancel=cancel)
     owned = talker.cache_lock.acquire(timeout=CACHE_WAIT_S)
     prompt: PromptCache | None = None  # what is handed back: the prompt's part of the cache, once computed
@@ -187,12 +188,13 @@ def _prompt_cache(talker: Any, ids: list[int], cancel: threading.Event | None) -
             state.done = held.positions.head(common)
             if common == len(held.ids):
                 state.last_hidden = held.last_hidden
-                prompt = PromptCache(list(ids[:common]), state.done, state.cache, state.last_hidden)
-        for start in range(common, len(ids), PREFILL_CHUNK_POSITIONS):
-            state.pending.add_text(ids[start : start + PREFILL_CHUNK_POSITIONS])
+                prompt = PromptCache(ids[:common], state.done, state.cache, state.last_hidden)
+        for start in range(common, len(ids), PREFILL_CHUNK_TOKENS):
+            chunk = ids[start : start + PREFILL_CHUNK_TOKENS]
+            state.pending.add_text(chunk)
             state.forward()
-            state.prefilled += len(ids[start : start + PREFILL_CHUNK_POSITIONS])
-            prompt = PromptCache(list(ids[: len(state.done)]), state.done, state.cache, state.last_hidden)
+            state.prefilled += len(chunk)
+            prompt = PromptCache(ids[: len(state.done)], state.done, state.cache, state.last_hidden)
         yield state
     except (Cancelled, GeneratorExit):
         raise  # raised between forward passes: the cache is whole
@@ -211,11 +213,11 @@ def _prompt_cache(talker: Any, ids: list[int], cancel: threading.Event | None) -
 
 def _common_prefix(held: PromptCache | None, ids: list[int]) -> int:
     """How many leading tokens of ``ids`` the cache ``held`` serves: all only if it is this very prompt."""
+    from model.kv_cache import common_prefix_length
+
     if held is None:
         return 0
-    common, limit = 0, min(len(held.ids), len(ids))
-    while common < limit and held.ids[common] == ids[common]:
-        common += 1
+    common = common_prefix_length(held.ids, ids)
     if common == len(ids) and len(held.ids) != len(ids):
         common -= 1  # the last hidden state kept is of a later position: run the last token again
     return common

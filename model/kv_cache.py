@@ -7,6 +7,10 @@ and the process's resident memory creeps up long after the history has stopped g
 layer writes into a buffer sized for the whole prompt budget, touched once when it is made, so the
 memory a conversation needs is taken at its first turn and stays flat. A buffer that fills up grows
 by doubling (rare: only past the budget it was sized for).
+
+Both prompt caches (the talker's, model/generate.py, and the cascade's text streamer,
+agent/voices.py) extend the last prompt's cache by what follows the prefix they share, with the
+two helpers here.
 """
 
 from __future__ import annotations
@@ -15,6 +19,17 @@ from typing import Any
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
+
+PREFILL_CHUNK_TOKENS = 128  # prompt positions per forward pass: a history trimmed at its start is prefilled
+# again whole, and one pass over hundreds of positions would take a peak of activation memory the heap keeps
+
+
+def common_prefix_length(cached: list[int], ids: list[int]) -> int:
+    """How many leading tokens ``ids`` shares with ``cached`` (the prompt a cache holds)."""
+    common, limit = 0, min(len(cached), len(ids))
+    while common < limit and cached[common] == ids[common]:
+        common += 1
+    return common
 
 
 class PreallocatedLayer(DynamicLayer):

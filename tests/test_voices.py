@@ -48,7 +48,7 @@ def test_streamed_text_is_hugging_face_greedy_decoding(backbone, streamer):
 def test_a_long_prompt_prefilled_in_chunks_is_still_greedy_decoding(backbone, streamer):
     import torch
 
-    from agent.voices import PREFILL_CHUNK_TOKENS
+    from model.kv_cache import PREFILL_CHUNK_TOKENS
 
     turns = [("Tell me about the weather in spring.", "Spring brings mild days and some rain.")] * 12
     long = [QUESTION[0]]
