@@ -262,6 +262,7 @@ def stream(
     else:
         uncached = GenerationState(talker, use_cache=False, cancel=cancel)
         uncached.pending.add_text(ids)
+        uncached.prefilled = len(ids)  # every pass computes the whole prompt again
         context = nullcontext(uncached)
     state: GenerationState | None = None
     try:
@@ -272,7 +273,7 @@ def stream(
     finally:
         if stats is not None and state is not None:
             stats["passes"] = state.passes
-            stats["prefilled"] = state.prefilled if use_cache else len(state.done)
+            stats["prefilled"] = state.prefilled
             stats["positions"] = state.done.concat(state.pending)
 
 
