@@ -30,13 +30,18 @@ def resident_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
-@functools.cache
-def _malloc_trim():  # noqa: ANN202 - a ctypes function, or None
+def _glibc(function: str):  # noqa: ANN202 - a ctypes function, or None
+    """``function`` of the C library, or None where it has none (musl, macOS: not glibc)."""
     name = ctypes.util.find_library("c")
     try:
-        return ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return getattr(ctypes.CDLL(name), function) if name else None
+    except (OSError, AttributeError):
         return None
+
+
+@functools.cache
+def _malloc_trim():  # noqa: ANN202 - a ctypes function, or None
+    return _glibc("malloc_trim")
 
 
 MALLOC_ARENAS = 2  # glibc malloc arenas for the whole process (M_ARENA_MAX); $MALLOC_ARENA_MAX wins
@@ -47,11 +52,7 @@ def limit_malloc_arenas(count: int = MALLOC_ARENAS) -> bool:
     """Cap glibc's malloc arenas at ``count`` (call before threads start); False where not glibc or already set."""
     if os.environ.get("MALLOC_ARENA_MAX"):
         return False  # the person running us chose: glibc read it at start
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
-    except (OSError, AttributeError):
-        return False
+    mallopt = _glibc("mallopt")
     return bool(mallopt is not None and mallopt(_M_ARENA_MAX, count))
 
 
