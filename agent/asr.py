@@ -374,7 +374,7 @@ class FinalTranscript:
     """The transcript of a whole turn (so far), and how it was obtained."""
 
     text: str  # what whisper heard in the turn's audio
-    score: Any  # what the ``then`` callable of :meth:`StreamingTranscriber.speculate` returned, else None
+    score: Future | None  # of the speculative decode: a future of what ``speculate``'s ``then`` returns (may still run)
     speculative: bool  # True when a speculative decode (started in the silence) was reused
     confident: str = ""  # ``text`` less trailing words whisper was unsure of
     likelihood: float = 1.0  # exp(mean token log-probability) of the decode: whisper's confidence in ``text``
@@ -406,7 +406,7 @@ class StreamingTranscriber:
         self._n = 0  # samples in the turn so far
         self._submitted_at = 0  # turn length when the last partial was started
         self._running: Future | None = None  # the partial decode in flight (or finished, not collected)
-        self._candidate: tuple[int, Future] | None = None  # (samples covered, future) of a speculative final
+        self._candidate: tuple[int, Future, Future] | None = None  # speculative: (samples covered, decoding, score)
         self._agreement = LocalAgreement()
 
     @property
@@ -429,7 +429,7 @@ class StreamingTranscriber:
 
     def _busy(self) -> bool:
         running = self._running is not None and not self._running.done()
-        return running or (self._candidate is not None and not self._candidate[1].done())
+        return running or (self._candidate is not None and not self._candidate[2].done())
 
     def maybe_start_partial(self) -> bool:
         """Start a partial decode if enough new audio came in and the worker is free.
@@ -463,33 +463,35 @@ class StreamingTranscriber:
         text = running.result() if running is not None else ""
         return self._agreement.update(text) if text else None
 
-    def speculate(self, then: Callable[[str], Any] | None = None) -> Future:
+    def speculate(self, then: Callable[[tuple[str, ...]], Any] | None = None) -> tuple[Future, Future]:
         """Start decoding the turn so far as a candidate final (queued behind a running partial).
 
-        ``then(readings)`` runs right after, on the worker (e.g. end-of-turn scoring) on what
-        end of turn reads (:attr:`Decoding.readings`); the future gives ``(decoding, then(...) or
-        None)``. A newer candidate replaces an older one.
+        Returns futures of the :class:`Decoding` and of its score. ``then(readings)`` (e.g. end-of-turn scoring on
+        what end of turn reads, :attr:`Decoding.readings`) runs right after on the same worker, so
+        the transcript is known before its score; it gives None for a decode that heard nothing.
+        A newer candidate replaces an older one.
         """
+        decoded = self._executor.submit(self.asr.decode, self.audio.copy())
 
-        def job(audio: np.ndarray) -> tuple[Decoding, Any]:
-            decoding = self.asr.decode(audio)
-            return decoding, (then(decoding.readings) if then is not None and decoding.text else None)
+        def score() -> Any:
+            decoding = decoded.result()
+            return then(decoding.readings) if then is not None and decoding.text else None
 
-        future = self._executor.submit(job, self.audio.copy())
-        self._candidate = (self._n, future)
-        return future
+        scored = self._executor.submit(score)
+        self._candidate = (self._n, decoded, scored)
+        return decoded, scored
 
     async def final(self, covered_until: float | None = None) -> FinalTranscript:
         """The transcript of the whole turn so far.
 
         A speculative decode that covers at least ``covered_until`` seconds of the turn's audio
-        (the speech end) is reused; otherwise the turn is decoded now, after any running decode.
+        (the speech end) is reused, with its score's future; otherwise the turn is decoded now,
+        after any running decode, and ``score`` is None.
         """
         if self._candidate is not None and covered_until is not None:
-            covered, future = self._candidate
+            covered, decoded, scored = self._candidate
             if covered >= min(self._n, int(covered_until * SAMPLE_RATE)):
-                decoding, score = await asyncio.wrap_future(future)
-                return self._final(decoding, score, True)
+                return self._final(await asyncio.wrap_future(decoded), scored, True)
         if self._running is not None:
             await asyncio.wrap_future(self._running)
             self._collect()
@@ -498,7 +500,7 @@ class StreamingTranscriber:
         return self._final(decoding, None, False)
 
     @staticmethod
-    def _final(decoding: Decoding, score: Any, speculative: bool) -> FinalTranscript:
+    def _final(decoding: Decoding, score: Future | None, speculative: bool) -> FinalTranscript:
         likelihood = math.exp(min(0.0, decoding.avg_logprob))
         return FinalTranscript(decoding.text, score, speculative, decoding.confident, likelihood, decoding.readings)
 

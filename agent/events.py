@@ -95,6 +95,18 @@ class PartialTranscript(HearingEvent):
 
 
 @dataclass(frozen=True)
+class TurnTranscribed(HearingEvent):
+    """The turn so far was transcribed after a speech end (``t``: when); its ``turn_scored`` follows.
+
+    A reply can be written ahead from here: the score takes one more LLM pass.
+    """
+
+    kind: ClassVar[str] = "turn_transcribed"
+    speech_end: float  # the speech end it was transcribed at (source clock)
+    text: str  # the transcript so far
+
+
+@dataclass(frozen=True)
 class TurnScored(HearingEvent):
     """The turn so far was transcribed and scored after a speech end; ``t`` is when that was known."""
 

@@ -35,6 +35,7 @@ from agent.events import (
     SpeechStarted,
     TurnResumed,
     TurnScored,
+    TurnTranscribed,
 )
 from agent.settings import Settings
 from agent.turn_detector import TurnDetector, build_turn_detector
@@ -174,7 +175,8 @@ class TurnTracker:
         self.pending: _Pending | None = None
         self.last_end = 0.0  # end of the last frame seen
         self.silence_seen = 0.0  # the VAD's silence run when last looked at (to see it cross SPECULATE_S)
-        self.candidate_ready: float | None = None  # fast mode: source time a speculative final (+ score) was ready
+        self.candidate_decoded: float | None = None  # fast mode: source time a speculative final was decoded
+        self.candidate_ready: float | None = None  # fast mode: ... and scored
         self.last_partial = ""
         self.ended: _Ended | None = None  # the last turn, while speech starting again would continue it
         self.likely = False  # a SpeechLikely was reported for the current run of speech-like chunks
@@ -225,7 +227,8 @@ class TurnTracker:
             yield SpeechStarted(vad_event.t)
         else:
             yield SpeechEnded(vad_event.t)
-            yield await self._speech_ended(vad_event.t, vad_event.detected_at)
+            async for event in self._speech_ended(vad_event.t, vad_event.detected_at):
+                yield event
 
     def _start_turn(self, speech_start: float) -> None:
         self.in_turn = True
@@ -243,12 +246,15 @@ class TurnTracker:
         if not previous < SPECULATE_S <= self.silence_seen:
             return
         started = time.perf_counter()
-        future = self.transcriber.speculate(then=self.listener.turns.least_probability)
+        decoded, scored = self.transcriber.speculate(then=self.listener.turns.least_probability)
         if not self.clock.live:
             # Reading faster than real time: the decode runs while the next frames would arrive;
             # it counts from here (or from when the worker is free), in the end-of-turn stamp if reused.
-            await asyncio.wrap_future(future)
-            self.candidate_ready = self.clock.worker_job(now, time.perf_counter() - started)
+            await asyncio.wrap_future(decoded)
+            self.candidate_decoded = self.clock.worker_job(now, time.perf_counter() - started)
+            started = time.perf_counter()
+            await asyncio.wrap_future(scored)
+            self.candidate_ready = self.clock.worker_job(self.candidate_decoded, time.perf_counter() - started)
 
     async def _partials(self) -> AsyncIterator[HearingEvent]:
         hypothesis = self.transcriber.take_partial()
@@ -264,13 +270,21 @@ class TurnTracker:
             self.last_partial = hypothesis.text
             yield PartialTranscript(self.clock.stamp(self.last_end), hypothesis.text, hypothesis.stable)
 
-    async def _speech_ended(self, end: float, detected_at: float) -> TurnScored:
-        """The critical path: final transcript and P(end of turn), awaited, then the required silence."""
+    async def _speech_ended(self, end: float, detected_at: float) -> AsyncIterator[HearingEvent]:
+        """The critical path: the final transcript (reported at once), P(end of turn), then the required silence."""
         started = time.perf_counter()
         self.silence_seen = 0.0
         final = await self.transcriber.final(covered_until=end - self.turn_start + FINAL_MARGIN_S)
-        text, probability = final.text, final.score
+        speculated = final.speculative and self.candidate_ready is not None
+        # A final decoded now queues behind any partial; a reused one was ready when its decode was.
+        since = max(detected_at, self.candidate_decoded if speculated else self.clock.worker_free_at)
+        transcribed = self.clock.critical_path(since, time.perf_counter() - started)
+        text = final.text
+        if text:
+            yield TurnTranscribed(transcribed, end, text)
+        started = time.perf_counter()
         turns = self.listener.turns
+        probability = await asyncio.wrap_future(final.score) if final.score is not None else None
         if probability is None:
             loop = asyncio.get_running_loop()
             probability = (
@@ -278,26 +292,22 @@ class TurnTracker:
                 if text
                 else 1.0
             )
-        compute = time.perf_counter() - started
-        if final.speculative and self.candidate_ready is not None:
-            since = max(detected_at, self.candidate_ready)
-        else:
-            since = max(detected_at, self.clock.worker_free_at)  # the final decode queued behind any partial
-        ready = self.clock.critical_path(since, compute)
+        since = max(transcribed, self.candidate_ready) if speculated else transcribed
+        ready = self.clock.critical_path(since, time.perf_counter() - started)
+        wait = turns.required_silence(probability)
         log.debug(
-            "speech end %.3f detected %.3f ready %.3f (compute %.0f ms, speculative %s) p=%.3f wait %.0f ms %r",
+            "speech end %.3f detected %.3f transcribed %.3f ready %.3f (speculative %s) p=%.3f wait %.0f ms %r",
             end,
             detected_at,
+            transcribed,
             ready,
-            1000 * compute,
             final.speculative,
             probability,
-            1000 * turns.required_silence(probability),
+            1000 * wait,
             text,
         )
-        wait = turns.required_silence(probability)
         self.pending = _Pending(end, text, probability, end + wait, ready, final.likelihood)
-        return TurnScored(ready, end, text, probability, wait)
+        yield TurnScored(ready, end, text, probability, wait)
 
     def _maybe_end_turn(self, now: float) -> EndOfTurn | None:
         """End the pending turn once its required silence has passed (unless speech seems to resume)."""
@@ -319,7 +329,7 @@ class TurnTracker:
     def _end_turn(self, keep_audio: bool = False) -> None:
         """Close the turn; ``keep_audio`` keeps the transcriber's audio, for a turn that may yet go on."""
         self.in_turn = False
-        self.candidate_ready = None
+        self.candidate_decoded = self.candidate_ready = None
         self.last_partial = ""
         self.pending = None
         self.ended = None
@@ -333,7 +343,8 @@ class TurnTracker:
                 yield event
         if self.in_turn and self.pending is None:
             yield SpeechEnded(self.last_end)
-            yield await self._speech_ended(self.last_end, self.last_end)
+            async for event in self._speech_ended(self.last_end, self.last_end):
+                yield event
         if self.pending is not None:
             pending = self.pending
             t = self.clock.stamp(max(pending.ready, self.last_end))

@@ -12,10 +12,11 @@ was cut. Shorter speech was a false alarm: the playback resumes where it stopped
 goes on right after an end of turn (``turn_resumed``) and nothing of the reply has played yet, the
 reply is dropped and the turn taken back: the whole turn comes with the next end of turn.
 
-Preemptive generation: when a speech end is scored as a likely end of turn (its wait is at most
-``preempt_wait_s``), the reply starts being written at once, held: its sound, its events and any
-tool call wait for the end of turn. If the turn ends with the text it was written for, the held
-reply is released (the wait and the thinking overlap); if the user goes on, it is dropped unseen.
+Preemptive generation: as soon as a speech end's transcript is known, the reply starts being
+written, held: its sound, its events and any tool call wait for the end of turn. If the speech
+end's score says the turn probably goes on (its wait is over ``preempt_wait_s``), the held reply
+is dropped; if the turn ends with the text it was written for, it is released (the wait and the
+thinking overlap); if the user goes on, it is dropped unseen.
 
 Every event goes on the bus, stamped from the session clock.
 """
@@ -63,6 +64,7 @@ from agent.events import (
     TurnMetrics,
     TurnResumed,
     TurnScored,
+    TurnTranscribed,
     Unmute,
 )
 from agent.memory import trim_periodically
@@ -111,7 +113,7 @@ class AgentConfig:
     confirm_s: float = 0.2  # how long after a speech-like chunk the VAD has confirmed real speech (min speech + chunks)
     poll_s: float = 0.02  # how often a paused reply checks whether to resume
     max_tool_rounds: int = 3  # tool calls one reply may chain before the agent gives up (and apologises)
-    preempt_wait_s: float = 0.5  # write a held reply when a speech end's wait is at most this; 0 = never
+    preempt_wait_s: float = 0.5  # keep a reply written ahead when its speech end's wait is at most this; 0 = never
 
 
 @dataclass
@@ -226,8 +228,8 @@ class Agent:
         reply = self.reply
         if reply is not None and reply.draft is not None and isinstance(event, SpeechStarted | TurnResumed):
             await self._drop(reply)  # the user goes on: what was written ahead is stale
-        if isinstance(event, TurnScored):
-            self._maybe_preempt(event)
+        if isinstance(event, TurnTranscribed | TurnScored):
+            await self._preempt(event)
         elif isinstance(event, SpeechLikely):
             reply = self.reply
             if reply is not None and not reply.interrupted and not reply.playout.paused:
@@ -260,13 +262,18 @@ class Agent:
             self.history.add_user(event.text)
             self._start(Reply(f"r{next(self._ids)}", "turn", Playout(self.sink, self.clock), turn=event))
 
-    def _maybe_preempt(self, scored: TurnScored) -> None:
-        """Start writing the reply to ``scored.text`` ahead of its end of turn, held."""
+    async def _preempt(self, heard: TurnTranscribed | TurnScored) -> None:
+        """Write the reply to the turn so far ahead of its end of turn (held), unless its score says it goes on."""
         wait = self.config.preempt_wait_s
-        if self.reply is not None or not scored.text or wait <= 0 or scored.wait > wait:
+        reply = self.reply
+        if isinstance(heard, TurnScored) and heard.wait > wait:
+            if reply is not None and reply.draft is not None:
+                await self._drop(reply)  # the turn probably goes on: free the CPU for hearing it
+            return
+        if reply is not None or not heard.text or wait <= 0:
             return
         playout = Playout(self.sink, self.clock, held=True)
-        self._start(Reply(f"r{next(self._ids)}", "turn", playout, draft=scored.text))
+        self._start(Reply(f"r{next(self._ids)}", "turn", playout, draft=heard.text))
 
     async def _release(self, reply: Reply, turn: EndOfTurn) -> None:
         """The turn ended as the held reply expected: it joins the conversation and plays."""

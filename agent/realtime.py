@@ -57,6 +57,7 @@ from agent.events import (
     SpeechStarted,
     TurnMetrics,
     TurnScored,
+    TurnTranscribed,
 )
 from agent.listen import ComputeClock, Listener, TurnTracker
 from agent.loop import Agent, AgentConfig, Voice
@@ -513,7 +514,7 @@ class RealtimeSession:
                     content_index=0,
                     delta=delta,
                 )
-        elif isinstance(event, TurnScored) and not self._creates_response:
+        elif isinstance(event, TurnTranscribed | TurnScored) and not self._creates_response:
             return False  # no reply may be written ahead of a turn the client will answer itself
         elif isinstance(event, EndOfTurn):
             item_id, self._user_item = self._user_item or self.new_id("item"), None

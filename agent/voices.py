@@ -11,6 +11,8 @@ Both yield the talker's own output types: :class:`TextDelta` and :class:`AudioCh
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -25,9 +27,29 @@ from audio_io.resample import to_mono_16k
 from model.generate import AudioChunk, GenerationOptions, TextDelta
 from model.talker import SAY_MESSAGES
 
-LEADING_SILENCE = 0.01  # amplitude below which Piper's first samples are cut (10 ms before the first louder one kept)
+LEADING_SILENCE = 0.01  # amplitude below which a reply's first samples are cut (10 ms before the first louder one kept)
 CLAUSE_END = re.compile(r"[.!?;:,]\s*$")  # a text piece ending like this can be voiced on its own
 CACHE_SLACK_TOKENS = 64  # the history's token count is an estimate; the cache grows if it is exceeded
+
+
+def cut_leading_silence(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    """``samples`` from 10 ms before the first one louder than LEADING_SILENCE; empty if none is.
+
+    Silence before a reply's first sound only adds to its latency.
+    """
+    loud = np.flatnonzero(np.abs(samples) > LEADING_SILENCE)
+    return samples[max(0, loud[0] - sample_rate // 100) :] if len(loud) else samples[:0]
+
+
+async def _from_first_sound(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """``stream`` with the silence before its first sound cut (text deltas pass through)."""
+    sounding = False
+    async with contextlib.aclosing(stream):  # closing this closes the voice's stream (its cancel and cache)
+        async for out in stream:
+            if not sounding and isinstance(out, AudioChunk) and len(out.samples):
+                out = dataclasses.replace(out, samples=cut_leading_silence(out.samples, out.sample_rate))
+                sounding = len(out.samples) > 0
+            yield out
 
 
 class TalkerVoice:
@@ -44,11 +66,12 @@ class TalkerVoice:
 
     def reply(self, messages: list[dict], cancel: threading.Event) -> AsyncIterator[Any]:
         """Text and audio of the talker's reply to ``messages``."""
-        return self.talker.astream(messages, self.codec, options=self.options, cancel=cancel)
+        return _from_first_sound(self.talker.astream(messages, self.codec, options=self.options, cancel=cancel))
 
     def say(self, text: str, cancel: threading.Event) -> AsyncIterator[Any]:
         """``text`` forced, its audio diffused."""
-        return self.talker.astream(SAY_MESSAGES, self.codec, text=text, options=self.options, cancel=cancel)
+        stream = self.talker.astream(SAY_MESSAGES, self.codec, text=text, options=self.options, cancel=cancel)
+        return _from_first_sound(stream)
 
 
 @dataclass
@@ -148,7 +171,7 @@ class CascadeVoice:
         teacher: Any,
         min_words: int = 3,
         max_words: int = 14,
-        first_words: int = 4,
+        first_words: int = 3,
         synth: ThreadPoolExecutor | None = None,
     ):
         self.text = text
@@ -174,9 +197,7 @@ class CascadeVoice:
     def speak(self, clause: str) -> np.ndarray:
         """One clause as 16 kHz samples (blocking), without Piper's leading silence (it would only add latency)."""
         utterance = self.teacher.speak(clause)
-        samples = to_mono_16k(utterance.samples, utterance.sample_rate)
-        loud = np.flatnonzero(np.abs(samples) > LEADING_SILENCE)
-        return samples[max(0, loud[0] - SAMPLE_RATE // 100) :] if len(loud) else samples
+        return cut_leading_silence(to_mono_16k(utterance.samples, utterance.sample_rate), SAMPLE_RATE)
 
     async def _voice(self, pieces: Callable[[], Iterator[str]], cancel: threading.Event) -> AsyncIterator[Any]:
         import torch

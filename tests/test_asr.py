@@ -142,8 +142,8 @@ def test_speculative_final_is_reused_only_when_it_covers_the_speech(asr, teacher
     async def run():
         transcriber.push(audio)
         transcriber.push(np.zeros(1600, np.float32))
-        future = transcriber.speculate(then=lambda readings: readings[0])
-        await asyncio.wrap_future(future)
+        _, scored = transcriber.speculate(then=lambda readings: readings[0])
+        await asyncio.wrap_future(scored)
         covered = await transcriber.final(covered_until=len(audio) / 16000)
         transcriber.push(more)  # the user went on: the candidate no longer covers the turn
         longer = await transcriber.final(covered_until=(len(audio) + 1600 + len(more)) / 16000)
@@ -153,7 +153,7 @@ def test_speculative_final_is_reused_only_when_it_covers_the_speech(asr, teacher
         covered, longer = asyncio.run(run())
     finally:
         transcriber.close()
-    assert covered.speculative and covered.score == covered.confident == covered.readings[0]
+    assert covered.speculative and covered.score.result() == covered.confident == covered.readings[0]
     assert "radio" in covered.text.lower()
     assert not longer.speculative and longer.score is None
     assert "radio" in longer.text.lower() and "louder" in longer.text.lower()

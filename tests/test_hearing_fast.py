@@ -6,7 +6,15 @@ import asyncio
 
 import pytest
 
-from agent.events import EndOfTurn, PartialTranscript, SpeechEnded, SpeechStarted, TurnResumed, TurnScored
+from agent.events import (
+    EndOfTurn,
+    PartialTranscript,
+    SpeechEnded,
+    SpeechStarted,
+    TurnResumed,
+    TurnScored,
+    TurnTranscribed,
+)
 from audio_io.frames import FRAME_SAMPLES
 from tests.fakes import WORD_S, ChunkedSource, ToneScript, place, tone_listener
 
@@ -34,10 +42,13 @@ def test_one_utterance_gives_start_end_and_its_turn():
     end = 0.5 + len(speech) / 16000
     events = hear(place([(0.5, speech)], end + 1.5))
     kinds = [e.kind for e in events if not isinstance(e, PartialTranscript)]
-    assert kinds == ["speech_start", "speech_end", "turn_scored", "end_of_turn"]
-    start, stop, scored, turn = (e for e in events if not isinstance(e, PartialTranscript))
+    assert kinds == ["speech_start", "speech_end", "turn_transcribed", "turn_scored", "end_of_turn"]
+    start, stop, transcribed, scored, turn = (e for e in events if not isinstance(e, PartialTranscript))
     assert isinstance(start, SpeechStarted) and abs(start.t - 0.5) <= 0.032
     assert isinstance(stop, SpeechEnded) and abs(stop.t - end) <= 0.032
+    # The transcript is known first (a reply can be written from it), then its score.
+    assert isinstance(transcribed, TurnTranscribed) and transcribed.speech_end == stop.t
+    assert transcribed.text == SCRIPT.texts[0] and stop.t < transcribed.t < scored.t
     # The scored candidate says what the turn will wait for, before it ends.
     assert isinstance(scored, TurnScored) and scored.speech_end == stop.t and scored.text == SCRIPT.texts[0]
     assert scored.wait == pytest.approx(0.25) and scored.t <= turn.t
@@ -111,14 +122,14 @@ def test_events_before_a_time_do_not_change_when_more_audio_follows():
     cut = 3.5  # the first turn is over, the second not begun
     prefix = edges(hear(audio[: int(cut * 16000)]))
     assert prefix == [e for e in full if e[1] < cut]
-    assert len(prefix) == 4 and prefix[-1][2] == SCRIPT.texts[0]
+    assert len(prefix) == 5 and prefix[-1][2] == SCRIPT.texts[0]
 
 
 def test_source_ending_mid_speech_ends_the_turn():
     speech = SCRIPT.speech(0)
     events = hear(place([(0.5, speech)], 0.5 + len(speech) / 16000))
     kinds = [e.kind for e in events if not isinstance(e, PartialTranscript)]
-    assert kinds == ["speech_start", "speech_end", "turn_scored", "end_of_turn"]
+    assert kinds == ["speech_start", "speech_end", "turn_transcribed", "turn_scored", "end_of_turn"]
     assert events[-1].text == SCRIPT.texts[0]
 
 

@@ -149,7 +149,9 @@ def test_cli_json_on_a_48k_stereo_file(teacher, tmp_path, capsys):
     assert kinds.count("end_of_turn") == 1
     for line in lines:
         assert isinstance(line["t"], float | int) and round(line["t"], 3) == line["t"]
-        assert ("text" in line) == (line["event"] in ("partial", "turn_scored", "turn_resumed", "end_of_turn"))
+        assert ("text" in line) == (
+            line["event"] in ("partial", "turn_transcribed", "turn_scored", "turn_resumed", "end_of_turn")
+        )
     assert word_error_rate([text], [lines[-1]["text"]]) <= 0.15
     speech_end = 0.5 + len(speech) / 48000
     assert lines[-1]["t"] > speech_end
@@ -170,6 +172,7 @@ def test_source_ending_mid_speech_ends_the_turn(listener, teacher):
 
     events = asyncio.run(hear())
     kinds = [e.kind for e in events if not isinstance(e, PartialTranscript)]
-    assert kinds[0] == "speech_start" and kinds[-3:] == ["speech_end", "turn_scored", "end_of_turn"], kinds
+    ending = ["speech_end", "turn_transcribed", "turn_scored", "end_of_turn"]
+    assert kinds[0] == "speech_start" and kinds[-4:] == ending, kinds
     assert "stamps" in events[-1].text.lower()
     assert events[-1].t >= len(audio) / 16000 - 0.05

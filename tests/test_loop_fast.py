@@ -41,6 +41,7 @@ def converse(
     during=None,
     config=None,
     resume_s=0.0,
+    unfinished=lambda text: False,
     **voice_kw,
 ):
     """Run the agent over the scripted microphone; returns (agent, voice, stereo recording)."""
@@ -48,7 +49,7 @@ def converse(
     mic = VirtualMicrophone(clock, [(t, SCRIPT.speech(i)) for t, i in pieces], tail_s=tail_s)
     speaker = VirtualSpeaker(clock)
     voice = voice_cls(clock, answer, **voice_kw)
-    listener = tone_listener(SCRIPT, likely_speech=True, resume_s=resume_s)
+    listener = tone_listener(SCRIPT, unfinished, likely_speech=True, resume_s=resume_s)
     agent = Agent(listener, voice, speaker, clock, History("You are a test."), config)
 
     async def main():
@@ -69,7 +70,9 @@ def speech_end(start, i):
 
 
 def test_a_question_gets_a_spoken_answer_that_starts_after_the_user_stopped():
-    agent, voice, rec = converse([(0.5, 0)])
+    from agent.loop import AgentConfig
+
+    agent, voice, rec = converse([(0.5, 0)], config=AgentConfig(preempt_wait_s=0.0))  # nothing written ahead
     user_end = speech_end(0.5, 0)
     (turn,) = of(agent, EndOfTurn)
     (metrics,) = of(agent, TurnMetrics)
@@ -328,10 +331,10 @@ def test_a_turn_the_user_goes_on_with_drops_the_unheard_reply_and_answers_the_wh
     ]
 
 
-def _agent_over(pieces, preempt_wait_s):
+def _agent_over(pieces, preempt_wait_s, unfinished=lambda text: False):
     from agent.loop import AgentConfig
 
-    agent, voice, _ = converse(pieces, config=AgentConfig(preempt_wait_s=preempt_wait_s))
+    agent, voice, _ = converse(pieces, config=AgentConfig(preempt_wait_s=preempt_wait_s), unfinished=unfinished)
     return agent, voice
 
 
@@ -339,7 +342,7 @@ def test_a_reply_written_ahead_plays_sooner_and_leaves_the_same_conversation():
     ahead, _ = _agent_over([(0.5, 0)], preempt_wait_s=0.5)
     after, _ = _agent_over([(0.5, 0)], preempt_wait_s=0.0)
     (fast,), (slow,) = of(ahead, TurnMetrics), of(after, TurnMetrics)
-    # Written from the speech end's score (decode + 64 ms), not from the end of turn (250 ms later).
+    # Written from the speech end's transcript, not from the end of turn (250 ms later).
     assert fast.voice_to_voice_s <= slow.voice_to_voice_s - 0.05
     assert fast.first_text_s < slow.first_text_s
     assert ahead.history.messages == after.history.messages
@@ -359,3 +362,15 @@ def test_a_reply_written_ahead_is_dropped_unseen_when_the_user_goes_on():
     assert {e.reply_id for e in agent.bus.history if hasattr(e, "reply_id")} == {started.reply_id}
     assert len(of(agent, PlaybackStarted)) == 1
     assert agent.history.messages == [{"role": "user", "content": whole}, {"role": "assistant", "content": SHORT_REPLY}]
+
+
+def test_a_reply_written_ahead_is_dropped_when_the_score_says_the_turn_goes_on():
+    agent, voice = _agent_over([(0.5, 0)], preempt_wait_s=0.5, unfinished=lambda text: text.endswith("today"))
+    (turn,) = of(agent, EndOfTurn)
+    assert turn.silence > 1.0  # the score asked for the long wait, and no more speech came
+    # Written ahead from the transcript, dropped at the score, written again at the end of turn.
+    assert [p[-1]["content"] for p in voice.prompts] == [SCRIPT.texts[0], SCRIPT.texts[0]]
+    (started,) = of(agent, ReplyStarted)
+    assert started.t >= turn.t
+    (metrics,) = of(agent, TurnMetrics)
+    assert metrics.first_text_s == pytest.approx(0.3, abs=0.07)  # thought from the end of turn: nothing was kept

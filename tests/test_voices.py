@@ -133,3 +133,48 @@ def test_a_clause_of_punctuation_alone_is_shown_but_not_voiced():
     assert sum(isinstance(o, AudioChunk) for o in outs) == 1 and Teacher.said == [
         "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
     ]
+
+
+def test_the_talker_voice_starts_at_its_first_sound_and_closes_the_talker_stream():
+    import contextlib
+
+    import torch
+
+    from agent.voices import TalkerVoice
+    from model.generate import AudioChunk, TextDelta
+
+    rate = 16_000
+    tone = (0.3 * np.sin(np.arange(800) / 3)).astype(np.float32)
+    pause = np.zeros(1600, np.float32)
+    chunks = [pause, np.concatenate([pause, tone]), np.concatenate([pause, tone])]  # silent, late start, inner pause
+    closed = []
+
+    class Talker:
+        async def astream(self, messages, codec, text=None, options=None, cancel=None):
+            try:
+                yield TextDelta("hello")
+                for samples in chunks:
+                    yield AudioChunk(torch.zeros(1, 8, dtype=torch.long), samples, rate)
+            finally:
+                closed.append(True)
+
+    async def run(limit):
+        stream = TalkerVoice(Talker(), codec=None).reply([], threading.Event())
+        outs = []
+        async with contextlib.aclosing(stream):
+            async for out in stream:
+                outs.append(out)
+                if len(outs) == limit:
+                    break
+        return outs
+
+    outs = asyncio.run(run(limit=None))
+    assert isinstance(outs[0], TextDelta)
+    silent, first, later = (o.samples for o in outs[1:])
+    assert len(silent) == 0  # all silence before the first sound
+    loud = np.flatnonzero(np.abs(first) > 0.01)[0]
+    assert loud == rate // 100 and np.array_equal(first[loud:], tone[np.flatnonzero(np.abs(tone) > 0.01)[0] :])
+    assert np.array_equal(later, chunks[2])  # pauses once the reply sounds are the reply's own
+    assert closed == [True]
+    asyncio.run(run(limit=2))  # a consumer that stops early closes the talker's stream too
+    assert closed == [True, True]
