@@ -309,11 +309,11 @@ class Agent:
             self.emit(event)
 
     async def _prime(self) -> None:
-        """The voice's prompt cache of the system prompt, computed while the user starts talking."""
+        """The voice's prompt cache of the history so far, computed while the user talks, off the next reply's path."""
         try:
             await asyncio.to_thread(self.voice.prime, self.history.chat())
         except Exception as exc:
-            message = f"could not prepare the prompt cache ({type(exc).__name__}: {exc}); the first reply is slower"
+            message = f"could not prepare the prompt cache ({type(exc).__name__}: {exc}); the next reply is slower"
             self.emit(ErrorEvent(self.now(), "voice", message))
 
     def _spawn(self, coro: Any) -> None:
@@ -521,6 +521,7 @@ class Agent:
         self.emit(PlaybackFinished(self.now(), reply.id, position, interrupted, heard))
         if reply.source == "turn":
             self.history.add_reply(heard, interrupted)
+            self._spawn(self._prime())  # the next reply then prefills only the user's next words
         reply.done.set()
         if self.reply is reply:
             self.reply = None
