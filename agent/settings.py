@@ -109,7 +109,7 @@ class AgentSettings:
     system_prompt: str = "You are a friendly voice assistant. Answer in one short sentence."  # steers SmolLM2-135M
     # to short answers (a plainer prompt makes it ramble or drift into French; tests/test_voices.py)
     min_interruption_ms: int = 300  # user speech over the agent shorter than this (a cough, "mhm") is no barge-in
-    preempt_wait_ms: int = 500  # keep a reply written ahead (held) when its speech end's wait is at most this; 0 = never
+    preempt_wait_ms: int = 500  # keep a reply written ahead (held) if its speech end's wait is at most this; 0 = never
     max_history_tokens: int = 1024  # prompt budget; the oldest turns are dropped beyond it (system prompt kept)
     max_reply_tokens: int = 64  # cap on a cascade reply's text tokens (the talker's is talker.max_new_tokens)
 
