@@ -157,9 +157,14 @@ async def converse(
         from audio_io.sinks import SpeakerSink
         from audio_io.sources import MicrophoneSource
 
-        source = MicrophoneSource(settings.audio.input_device)
-        sink = SpeakerSink(settings.audio.output_device)
-        clock = SourceClock(source)
+        microphone = MicrophoneSource(settings.audio.input_device)
+        clock = SourceClock(microphone)
+        sink = SpeakerSink(settings.audio.output_device, clock=microphone.now)
+        source = microphone
+        if settings.audio.echo_cancel:  # the agent's voice from the loudspeaker must not reach hearing
+            from agent.echo import EchoCancelledSource, EchoCanceller
+
+            source = EchoCancelledSource(microphone, EchoCanceller(sink.render))
     agent = Agent(listener, voice, sink, clock, history, agent_config(settings), tools=tools)
     metrics = MetricsLog(metrics_path)
     followers = [asyncio.create_task(metrics.follow(agent.bus))]

@@ -45,6 +45,7 @@ class AudioSettings:
     input_device: str | None = None  # sounddevice name or index for the microphone; None = system default
     output_device: str | None = None  # sounddevice name or index for the speaker; None = system default
     frame_ms: int = 32  # capture frame length; 32 ms = 512 samples, silero's chunk at 16 kHz
+    echo_cancel: bool = True  # remove the agent's voice from the microphone (loudspeakers; headphones need none)
 
 
 @dataclass

@@ -7,6 +7,7 @@ import os
 import threading
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -131,11 +132,58 @@ class WavSink(AudioSink):
             self._file.close()
 
 
+class PlayedHistory:
+    """What a device played over the last ``keep_s``, on the session's 16 kHz timeline: an echo canceller's reference.
+
+    Blocks arrive from the device's callback stamped with when their first sample reaches the
+    loudspeaker. Stamps jitter by a few milliseconds, so a block that starts within
+    ``snap_s`` of where the last one ended continues it: the reference stays one unbroken signal.
+    """
+
+    def __init__(self, keep_s: float = 2.0, snap_s: float = 0.02):
+        self.keep = round(keep_s * SAMPLE_RATE)  # samples kept
+        self.snap = round(snap_s * SAMPLE_RATE)
+        self._lock = threading.Lock()  # the device thread adds, the event loop renders
+        self._blocks: deque[tuple[int, np.ndarray]] = deque()  # (first sample on the timeline, samples)
+        self._next: int | None = None  # where the last block ended
+
+    def add(self, samples: np.ndarray, at_s: float) -> None:
+        """``samples`` (16 kHz) reached the loudspeaker from session time ``at_s``."""
+        start = round(at_s * SAMPLE_RATE)
+        with self._lock:
+            if self._next is not None and abs(start - self._next) <= self.snap:
+                start = self._next
+            self._blocks.append((start, np.array(samples, dtype=np.float32)))
+            self._next = start + len(samples)
+            while self._blocks and self._blocks[0][0] + len(self._blocks[0][1]) < self._next - self.keep:
+                self._blocks.popleft()
+
+    def render(self, begin: int, end: int) -> np.ndarray:
+        """The played audio over samples ``[begin, end)`` of the timeline (silence where nothing was played)."""
+        out = np.zeros(max(0, end - begin), np.float32)
+        with self._lock:
+            blocks = list(self._blocks)
+        for start, audio in blocks:
+            lo, hi = max(begin, start), min(end, start + len(audio))
+            if lo < hi:
+                out[lo - begin : hi - begin] = audio[lo - start : hi - start]
+        return out
+
+
 class SpeakerSink(AudioSink):
     """Plays through a sound card (sounddevice/PortAudio); counts only samples the device consumed."""
 
-    def __init__(self, device: int | str | None = None, sample_rate: int = SAMPLE_RATE):
+    def __init__(
+        self,
+        device: int | str | None = None,
+        sample_rate: int = SAMPLE_RATE,
+        clock: Callable[[], float] | None = None,
+    ):
+        """``clock`` (the session clock's ``now``, e.g. the microphone's) stamps what is played, for :meth:`render`."""
         from audio_io.sources import _check_device, _sounddevice
+
+        if clock is not None and sample_rate != SAMPLE_RATE:
+            raise AudioError(f"a speaker keeps what it played only at {SAMPLE_RATE} Hz, not {sample_rate}")
 
         sd = _sounddevice("speaker")
         _check_device(sd, device, "output", "speaker")
@@ -145,6 +193,8 @@ class SpeakerSink(AudioSink):
         self._queue: deque[np.ndarray] = deque()
         self._offset = 0  # samples of _queue[0] already played
         self._played = 0  # samples the callback really handed to the device
+        self._clock = clock
+        self.history = PlayedHistory()  # what reached the loudspeaker, when (kept if ``clock`` is given)
         try:
             self._stream = sd.OutputStream(
                 device=device, channels=1, dtype="float32", samplerate=sample_rate, callback=self._callback
@@ -171,6 +221,15 @@ class SpeakerSink(AudioSink):
                     self._offset = 0
             self._played += filled
         out[filled:] = 0.0  # underrun: silence, not counted as played
+        if self._clock is not None:
+            latency = float(time_info.outputBufferDacTime - time_info.currentTime) if time_info else 0.0
+            if latency <= 0:  # some host APIs give no times
+                latency = float(self._stream.latency or 0.0) if hasattr(self, "_stream") else 0.0
+            self.history.add(out, self._clock() + latency)
+
+    def render(self, begin: int, end: int) -> np.ndarray:
+        """What reached the loudspeaker over samples ``[begin, end)`` of the session's 16 kHz timeline."""
+        return self.history.render(begin, end)
 
     async def write(self, samples: np.ndarray) -> None:
         """Queue ``samples`` behind what is already playing."""

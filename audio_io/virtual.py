@@ -76,13 +76,19 @@ class VirtualMicrophone(AudioSource):
         self._script: list[tuple[int, np.ndarray]] = []  # (start sample, samples), kept sorted
         self._closed = False
         self._delivered = 0  # samples delivered so far
-        self._echo: tuple[VirtualSpeaker, int, float] | None = None  # (speaker, delay in samples, gain)
+        self._echo: tuple[VirtualSpeaker, int, np.ndarray] | None = None  # (speaker, delay in samples, response)
         for t, samples in script or []:
             self.play_at(t, samples)
 
-    def hear_speaker(self, speaker: VirtualSpeaker, delay_s: float = 0.05, gain: float = 0.3) -> None:
-        """Also pick up ``speaker``'s sound, ``delay_s`` late and scaled by ``gain`` (a room's echo path)."""
-        self._echo = (speaker, round(delay_s * SAMPLE_RATE), gain)
+    def hear_speaker(
+        self, speaker: VirtualSpeaker, delay_s: float = 0.05, gain: float = 0.3, room: np.ndarray | None = None
+    ) -> None:
+        """Also pick up ``speaker``'s sound, ``delay_s`` late and scaled by ``gain`` (a room's echo path).
+
+        ``room`` is the room's impulse response after the delay (16 kHz; default: one tap, no reverberation).
+        """
+        response = gain * (np.ones(1) if room is None else np.asarray(room, dtype=np.float64))
+        self._echo = (speaker, round(delay_s * SAMPLE_RATE), response)
 
     def play_at(self, t: float, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
         """Make ``samples`` (mono; resampled when ``sample_rate`` is not 16 kHz) play from time ``t``.
@@ -127,8 +133,9 @@ class VirtualMicrophone(AudioSource):
             if lo < hi:
                 out[lo - begin : hi - begin] += audio[lo - start : hi - start]
         if self._echo is not None:
-            speaker, delay, gain = self._echo
-            out += gain * speaker.render(begin - delay, end - delay)
+            speaker, delay, response = self._echo
+            played = speaker.render(begin - delay - len(response) + 1, end - delay)
+            out += np.convolve(played, response, mode="valid").astype(np.float32)
         return out
 
     async def frames(self) -> AsyncIterator[AudioFrame]:

@@ -153,6 +153,32 @@ AGENT_HZ = 2500.0  # the fake agent's voice: a tone no scripted user utterance u
 WORD_AUDIO_S = 0.3  # seconds of agent audio per word
 
 
+def babble(seconds: float, seed: int) -> np.ndarray:
+    """Speech-like noise: low-passed (coloured, as a voice is), in syllables of about 4 a second."""
+    rng = np.random.default_rng(seed)
+    n = round(seconds * SAMPLE_RATE)
+    white = rng.standard_normal(n)
+    coloured = np.empty(n)
+    acc = 0.0
+    for i, x in enumerate(white):  # one-pole low-pass: most energy below 1 kHz
+        acc = 0.9 * acc + x
+        coloured[i] = acc
+    t = np.arange(n) / SAMPLE_RATE
+    syllables = np.clip(np.sin(2 * np.pi * (4 + rng.uniform(-1, 1)) * t + rng.uniform(0, 6)), 0, None)
+    return (0.05 * coloured * syllables).astype(np.float32)
+
+
+def room(delay_s: float, seed: int, gain: float = 0.5, tail_s: float = 0.06) -> np.ndarray:
+    """An impulse response: ``delay_s`` of flight, then an exponentially decaying reverberant tail."""
+    rng = np.random.default_rng(seed)
+    taps = np.zeros(round((delay_s + tail_s) * SAMPLE_RATE))
+    start = round(delay_s * SAMPLE_RATE)
+    tail = rng.standard_normal(len(taps) - start) * np.exp(-np.arange(len(taps) - start) / (0.015 * SAMPLE_RATE))
+    tail[0] = 3.0  # the direct path
+    taps[start:] = gain * tail / np.sqrt(np.sum(tail**2))
+    return taps
+
+
 class FakeVoice:
     """A voice on the session clock: ``think_s`` before the first word, then one word (text and a tone) at a time.
 

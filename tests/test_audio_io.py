@@ -266,3 +266,53 @@ async def test_virtual_speaker_drain_follows_the_microphone_clock():
     # Released by the first microphone frame at or after the end of playback, not by the mic's end.
     assert 0.82 <= drained_at[0] <= 0.82 + 0.032 + 1e-9
     assert clock.now() == pytest.approx(3.0)
+
+
+def test_played_history_keeps_one_unbroken_reference_through_jittery_stamps():
+    from audio_io.sinks import PlayedHistory
+
+    history = PlayedHistory(keep_s=0.5)
+    block = np.arange(160, dtype=np.float32)  # 10 ms
+    for i in range(100):  # one second of blocks, each stamped up to 3 ms off
+        history.add(block + i, 0.2 + 0.01 * i + 0.003 * (-1) ** i)
+    start = round(0.203 * 16000)  # the first stamp anchors the timeline
+    assert np.array_equal(history.render(start + 160 * 98, start + 160 * 100), np.concatenate([block + 98, block + 99]))
+    assert not history.render(start - 100, start).any()  # before anything played: silence
+    assert not history.render(start, start + 160).any()  # older than keep_s: forgotten
+    history.add(block, 3.0)  # a stamp far from where the last block ended starts a new stretch
+    assert np.array_equal(history.render(48_000, 48_160), block)
+
+
+async def test_a_speaker_stamps_what_reaches_the_loudspeaker_on_the_session_clock(monkeypatch):
+    """The PortAudio callback, driven by hand: what it hands over is rendered at clock + output latency."""
+    import types
+
+    import audio_io.sources
+
+    streams = []
+
+    class Stream:
+        latency = 0.05
+
+        def __init__(self, callback, **kw):
+            self.callback = callback
+            streams.append(self)
+
+        def start(self):
+            pass
+
+    fake = types.SimpleNamespace(query_devices=lambda device, kind: {}, OutputStream=Stream)
+    monkeypatch.setattr(audio_io.sources, "_sounddevice", lambda what: fake)
+    now = [1.0]
+    sink = SpeakerSink(clock=lambda: now[0])
+    tone = np.full(800, 0.5, np.float32)
+    await sink.write(tone)
+    out = np.zeros((512, 1), np.float32)
+    times = types.SimpleNamespace(currentTime=10.0, outputBufferDacTime=10.04)  # 40 ms to the loudspeaker
+    streams[0].callback(out, 512, times, None)
+    now[0] += 512 / 16000
+    streams[0].callback(out, 512, times, None)
+    heard_from = round(1.04 * 16000)
+    played = sink.render(heard_from - 10, heard_from + 1024)
+    assert not played[:10].any() and np.array_equal(played[10:810], tone) and not played[810:].any()
+    assert sink.played_seconds == pytest.approx(800 / 16000)
