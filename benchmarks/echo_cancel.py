@@ -36,7 +36,8 @@ def impulse_response(delay_s: float, direct_ratio: float, decay_s: float, gain: 
 
 
 def db(signal: np.ndarray, rest: np.ndarray) -> float:
-    return float(10 * np.log10(np.mean(signal.astype(np.float64) ** 2) / max(np.mean(rest.astype(np.float64) ** 2), 1e-20)))
+    power = np.mean(signal.astype(np.float64) ** 2)
+    return float(10 * np.log10(power / max(np.mean(rest.astype(np.float64) ** 2), 1e-20)))
 
 
 def main() -> None:
