@@ -332,6 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-every", type=int, default=0, help="steps between validations (0 = 200)")
     p.add_argument("--lora-rank", type=int, default=0, help="LoRA rank of a new run (0 = 32)")
     p.add_argument("--save-every-s", type=float, default=0.0, help="seconds between resumable checkpoints (0 = 180)")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="matmul precision (auto: bf16 on a CPU with AMX, else fp32)",
+    )
+    p.add_argument("--init", metavar="PATH", help="start a new run from this talker .safetensors (ignored on resume)")
 
     p = subcommand("train", "codec", _cmd_train_codec, "train the speech codec (accelerate; resumable)")
     p.add_argument("--data", default="data/corpus", help="corpus folder from `ttt data synth`")

@@ -184,6 +184,21 @@ class Talker(nn.Module):
         self.quantized = True
         self.prompt_cache = None  # computed with the fp32 weights
 
+    def cast_frozen(self, dtype: torch.dtype) -> int:
+        """Store the frozen backbone weights in ``dtype`` (training under autocast); returns how many.
+
+        The token embedding (tied to the LM head) stays as it is; trainable weights stay fp32, so the
+        optimiser updates full-precision values while the big matmuls run in ``dtype``.
+        """
+        count = 0
+        embedding = self._embed_tokens.weight
+        for param in self.parameters():
+            if not param.requires_grad and param.is_floating_point() and param is not embedding:
+                param.data = param.data.to(dtype)
+                count += param.numel()
+        self.prompt_cache = None
+        return count
+
     @property
     def device(self) -> torch.device:
         """Where the weights are."""
@@ -459,4 +474,3 @@ def saved_config(path: str | os.PathLike) -> TalkerConfig | None:
         return TalkerConfig(**json.loads(meta["talker_config"]))
     except Exception:  # a missing or damaged file is reported by load_trainable, with advice
         return None
-

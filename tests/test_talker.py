@@ -441,3 +441,32 @@ def test_quantized_talker_is_close_to_fp32_and_refuses_new_weights(tokenizer, tm
     assert events[-1].final
     with pytest.raises(ValueError, match="load the checkpoint, then quantize"):
         quantized.load_trainable(tmp_path / "any.safetensors")
+
+
+def test_bf16_frozen_weights_train_like_fp32(tokenizer):
+    """Frozen weights in bf16 under autocast: trainable weights stay fp32, loss and gradient match fp32's."""
+    chunks = [Chunk([5, 6], [3, 4], 3), Chunk([7], [5], 4), Chunk([8, 9], [6], 2)]
+    packed = pack([build_reply([1, 2], chunks, torch.randint(0, 8, (9, 2)), 9)[0]], 64)
+    plain, half = tiny_talker(tokenizer).train(), tiny_talker(tokenizer).train()
+    assert half.cast_frozen(torch.bfloat16) > 0
+    assert all(p.dtype == torch.float32 for _, p in half.trainable_parameters())
+    assert half._embed_tokens.weight.dtype == torch.float32  # tied to the LM head, which scores text in fp32
+    grads, losses = [], []
+    for talker, enabled in ((plain, False), (half, True)):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            out = talker.loss(packed, NoiseConfig(), torch.Generator().manual_seed(3))
+        out["loss"].backward()
+        losses.append(float(out["loss"]))
+        grads.append(torch.cat([p.grad.flatten() for _, p in talker.trainable_parameters() if p.grad is not None]))
+    assert losses[1] == pytest.approx(losses[0], rel=0.02)
+    assert float(torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0)) > 0.99
+
+
+def test_training_precision_is_chosen_by_hardware():
+    from training.train_talker import matmul_dtype
+
+    assert matmul_dtype("fp32") == torch.float32 and matmul_dtype("bf16") == torch.bfloat16
+    amx = torch.cpu._is_amx_tile_supported() and not torch.cuda.is_available()
+    assert matmul_dtype("auto") == (torch.bfloat16 if amx else torch.float32)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        matmul_dtype("fp8")

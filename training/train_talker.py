@@ -25,9 +25,10 @@ from pathlib import Path
 
 import torch
 
+from model.assets import AssetError
 from model.chunks import chunk_tokens, phoneme_ids
 from model.sequence import Chunk, Kind, Positions, build_reply, pack
-from model.talker import NoiseConfig, Talker, TalkerConfig, default_config
+from model.talker import NoiseConfig, Talker, TalkerConfig, default_config, saved_config
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +224,24 @@ def loss_png(records: list[dict], path: Path) -> None:
     img.save(str(path))
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def matmul_dtype(precision: str) -> torch.dtype:
+    """The dtype training's big matmuls run in: ``auto`` is bf16 on a CPU with AMX tiles, else fp32.
+
+    On AMX a bf16 matmul of training's size is about 12x an fp32 one and a whole step about 2x,
+    with the same losses to 3 decimals (benchmarks/talker_throughput.md); without AMX bf16 is
+    slower than fp32, and on a GPU fp32 weights with TF32 matmuls avoid dtype mixing.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    if precision == "auto":
+        amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+        precision = "bf16" if amx and not torch.cuda.is_available() else "fp32"
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
 def train(
     data: str,
     run: str,
@@ -232,10 +251,15 @@ def train(
     talker_overrides: dict | None = None,
     settings=None,
     limit: int = 0,
+    precision: str = "auto",
+    init: str | None = None,
 ) -> dict:
     """Train (resuming ``run/last.pt`` if present) until ``minutes`` or ``steps``; return the last record.
 
-    ``limit`` > 0 trains on the first ``limit`` clips only (the overfit gate).
+    ``limit`` > 0 trains on the first ``limit`` clips only (the overfit gate). ``precision``: see
+    :func:`matmul_dtype` (frozen weights stored in that dtype, forward and backward under autocast).
+    ``init``: a talker safetensors a new run starts from (its shape and weights; fresh optimiser and
+    warm-up); ignored when ``run/last.pt`` exists, which is resumed instead.
     """
     from accelerate import Accelerator
     from tqdm import tqdm
@@ -256,13 +280,28 @@ def train(
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     codec = load_codec()
     backbone = load_backbone(settings.assets.llm if settings else None, settings.assets.cache_dir if settings else None)
+    seed_from = Path(init) if init and state is None else None
     if state is not None:
         config = TalkerConfig(**state["talker_config"])
+    elif seed_from is not None:
+        config = saved_config(seed_from)
+        if config is None:
+            raise AssetError(f"--init {seed_from}: not a talker checkpoint (missing or corrupt); give a .safetensors")
     else:
         config = default_config(codec, **(talker_overrides or {}))
     torch.manual_seed(cfg.seed)
     talker = Talker.from_backbone(backbone, config)
+    if seed_from is not None:
+        talker.load_trainable(seed_from)
+        log.info("new run started from %s", seed_from)
     prompt = talker.prompt_ids([])
+    dtype = matmul_dtype(precision)
+    if dtype != torch.float32:
+        talker.cast_frozen(dtype)
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def autocast():
+        return torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32)
 
     def load_data() -> tuple[list[Example], list[Example], int]:
         """(validation, training examples, aligned shards): every clip with an id divisible by 97 validates."""
@@ -332,6 +371,7 @@ def train(
             "clips": len(train_set),
             "train_config": dataclasses.asdict(cfg),
             "data": str(data),
+            "precision": str(dtype).removeprefix("torch."),
         }
 
     def save() -> None:
@@ -363,13 +403,15 @@ def train(
     seen, seen_since = 0, time.monotonic()
     talker.train()
     if state is None:
-        logf.write(json.dumps({"start": True, "clips": len(train_set), "positions": real_positions}) + "\n")
+        start_record = {"start": True, "clips": len(train_set), "positions": real_positions, "init": init}
+        logf.write(json.dumps(start_record) + "\n")
     while (time.monotonic() - start) < minutes * 60 and (not steps or step < steps):
         packed = pack(batches.next(), cfg.row_length)
         scale = min(1.0, (step + 1) / cfg.warmup)
         for group in opt.param_groups:
             group["lr"] = group["peak"] * scale
-        losses = model.loss(packed, noise, generator)
+        with autocast():
+            losses = model.loss(packed, noise, generator)
         opt.zero_grad(set_to_none=True)
         accelerator.backward(losses["loss"])
         accelerator.clip_grad_norm_(trainable, 1.0)
@@ -395,7 +437,8 @@ def train(
                 val, train_set, shards = load_data()
                 batches = Batches(train_set, cfg.positions_per_step, cfg.seed + step, 0)
                 log.info("aligned data reloaded: %d training clips, %d validation clips", len(train_set), len(val))
-            metrics = with_ema(lambda val=val: validate(model, val, cfg.row_length, len(prompt)))
+            with autocast():
+                metrics = with_ema(lambda val=val: validate(model, val, cfg.row_length, len(prompt)))
             record = {"step": step, "epoch": round(batches.epoch, 3), "val_clips": len(val), **metrics}
             logf.write(json.dumps(record) + "\n")
             logf.flush()
@@ -420,6 +463,17 @@ def run_train_talker(args: argparse.Namespace, settings) -> int:
         if value:
             setattr(cfg, name, value)
     overrides = {"lora_rank": args.lora_rank, "lora_alpha": 2 * args.lora_rank} if args.lora_rank else {}
-    record = train(args.data, args.run, args.minutes, args.steps, cfg, overrides, settings, limit=args.limit)
+    record = train(
+        args.data,
+        args.run,
+        args.minutes,
+        args.steps,
+        cfg,
+        overrides,
+        settings,
+        limit=args.limit,
+        precision=args.precision,
+        init=args.init,
+    )
     print(json.dumps(record))
     return 0
