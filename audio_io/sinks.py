@@ -147,6 +147,13 @@ class PlayedHistory:
         self._blocks: deque[tuple[int, np.ndarray]] = deque()  # (first sample on the timeline, samples)
         self._next: int | None = None  # where the last block ended
 
+    @classmethod
+    def of(cls, samples: np.ndarray) -> PlayedHistory:
+        """A history of ``samples`` played from time 0, all kept (a recorded reference)."""
+        history = cls(keep_s=len(samples) / SAMPLE_RATE + 1.0)
+        history.add(samples, 0.0)
+        return history
+
     def add(self, samples: np.ndarray, at_s: float) -> None:
         """``samples`` (16 kHz) reached the loudspeaker from session time ``at_s``."""
         start = round(at_s * SAMPLE_RATE)

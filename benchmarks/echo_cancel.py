@@ -44,6 +44,7 @@ def main() -> None:
     from agent.echo import EchoCanceller
     from agent.real_speech import choose_prompts, load_prompt, read_prompts
     from audio_io.frames import SAMPLE_RATE, AudioFrame
+    from audio_io.sinks import PlayedHistory
     from training.teacher import teacher_voice, voiced_16k
 
     voice = teacher_voice()
@@ -65,14 +66,7 @@ def main() -> None:
         near[talk] = user * (np.sqrt(np.mean(echo[talk] ** 2) / np.mean(user**2)))  # as loud as the echo
         mic = echo + near
 
-        def played(begin: int, end: int) -> np.ndarray:
-            out = np.zeros(end - begin, np.float32)
-            lo, hi = max(begin, 0), min(end, len(far))
-            if lo < hi:
-                out[lo - begin : hi - begin] = far[lo:hi]
-            return out
-
-        canceller = EchoCanceller(played)
+        canceller = EchoCanceller(PlayedHistory.of(far).render)
         out = np.zeros_like(mic)
         started = time.process_time()
         for i in range(0, len(mic), 512):

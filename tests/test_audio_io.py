@@ -316,3 +316,13 @@ async def test_a_speaker_stamps_what_reaches_the_loudspeaker_on_the_session_cloc
     played = sink.render(heard_from - 10, heard_from + 1024)
     assert not played[:10].any() and np.array_equal(played[10:810], tone) and not played[810:].any()
     assert sink.played_seconds == pytest.approx(800 / 16000)
+
+
+def test_a_recorded_reference_renders_with_silence_around_it():
+    from audio_io.sinks import PlayedHistory
+
+    far = np.arange(1, 6, dtype=np.float32)
+    played = PlayedHistory.of(far)
+    assert played.render(-2, 3).tolist() == [0, 0, 1, 2, 3]
+    assert played.render(3, 8).tolist() == [4, 5, 0, 0, 0]
+    assert PlayedHistory.of(np.zeros(0, np.float32)).render(0, 4).tolist() == [0, 0, 0, 0]

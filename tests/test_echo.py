@@ -7,22 +7,12 @@ import pytest
 
 from agent.echo import EchoCanceller
 from audio_io.frames import SAMPLE_RATE, AudioFrame
+from audio_io.sinks import PlayedHistory
 from tests.fakes import babble, room
 
 
-def played_by(far: np.ndarray):
-    def played(begin: int, end: int) -> np.ndarray:
-        out = np.zeros(end - begin, np.float32)
-        lo, hi = max(begin, 0), min(end, len(far))
-        if lo < hi:
-            out[lo - begin : hi - begin] = far[lo:hi]
-        return out
-
-    return played
-
-
 def cancel(mic: np.ndarray, far: np.ndarray, frame: int = 512, **kw) -> np.ndarray:
-    canceller = EchoCanceller(played_by(far), **kw)
+    canceller = EchoCanceller(PlayedHistory.of(far).render, **kw)
     out = []
     for i in range(0, len(mic), frame):
         for cleaned in canceller.process(AudioFrame(mic[i : i + frame], i / SAMPLE_RATE)):
@@ -93,7 +83,7 @@ def test_without_the_agent_talking_the_microphone_passes_untouched():
 
 
 def test_a_gap_in_the_input_loses_no_samples():
-    canceller = EchoCanceller(played_by(np.zeros(0, np.float32)))
+    canceller = EchoCanceller(PlayedHistory.of(np.zeros(0, np.float32)).render)
     first = canceller.process(AudioFrame(np.ones(300, np.float32), 0.0))
     later = canceller.process(AudioFrame(np.full(512, 2.0, np.float32), 1.0))  # not where the last one ended
     assert [len(f.samples) for f in first] == [256]
