@@ -62,15 +62,16 @@ def main() -> None:
     from model.sequence import pack
     from model.talker import NoiseConfig, Talker, default_config
     from training.align import read_aligned
-    from training.train_talker import Batches, examples_from
+    from training.train_talker import Batches, examples_from, matmul_dtype, mixed_precision
 
     old_talker_mod, old_seq = load_baseline()
     codec, backbone = load_codec(), load_backbone()
     items = read_aligned(args.data)[: args.clips]
     rng = random.Random(0)
 
-    def new_variant(rank: int):
+    def new_variant(rank: int, precision: str = "fp32"):
         talker = Talker.from_backbone(backbone, default_config(codec, lora_rank=rank, lora_alpha=2 * rank)).train()
+        autocast = mixed_precision(talker, matmul_dtype(precision))
         examples, _ = examples_from(items, talker.tokenizer, talker.prompt_ids([]), talker.end_token, 64)
         noise = NoiseConfig()
         batches = Batches(examples, args.positions, seed=rank)  # what training draws: length-sorted steps
@@ -78,7 +79,12 @@ def main() -> None:
         def batch():
             packed = pack(batches.next())
             frames = int((packed.tensors["kinds"] == 3).sum())
-            return (lambda: talker.loss(packed, noise)["loss"]), packed.real, frames
+
+            def loss():
+                with autocast():
+                    return talker.loss(packed, noise)["loss"]
+
+            return loss, packed.real, frames
 
         return talker, batch
 
@@ -105,7 +111,11 @@ def main() -> None:
 
         return talker, batch
 
-    variants = {"baseline (9e3139a)": old_variant(), "sorted rows r=32 (default)": new_variant(32)}
+    variants = {
+        "baseline (9e3139a)": old_variant(),
+        "sorted rows r=32, fp32": new_variant(32),
+        "sorted rows r=32, bf16 (default on AMX)": new_variant(32, "bf16"),
+    }
     if args.with_r16:
         variants["sorted rows r=16"] = new_variant(16)
     optims = {

@@ -41,7 +41,10 @@ def test_alignment_covers_every_frame(aligned):
 
 @pytest.mark.slow
 def test_train_resume_export_and_speak(aligned, tmp_path):
+    from safetensors.torch import load_file
+
     from agent.settings import Settings
+    from model.assets import AssetError
     from model.codec import load_codec
     from model.say import say
     from model.talker import load_talker
@@ -59,6 +62,12 @@ def test_train_resume_export_and_speak(aligned, tmp_path):
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "val_audio" in r] == [2, 4]
     assert (run / "loss.png").is_file()
+    seeded = tmp_path / "seeded"  # a new run seeded from the first one's weights, before any step
+    train(str(folder), str(seeded), minutes=0, cfg=cfg, init=str(run / "last.safetensors"))
+    before, after = load_file(run / "last.safetensors"), load_file(seeded / "last.safetensors")
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(AssetError, match="--init"):
+        train(str(folder), str(tmp_path / "none"), minutes=0, cfg=cfg, init=str(tmp_path / "missing.safetensors"))
     codec = load_codec()
     talker, trained = load_talker(Settings(), codec, checkpoint=run / "last.safetensors")
     assert trained
