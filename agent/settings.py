@@ -15,7 +15,7 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 ENV_PREFIX = "TTT_"
 # Short variables documented for common needs; each is the same setting as its long name.
@@ -98,7 +98,8 @@ class TalkerSettings:
     code_temperature: float = 0.0  # audio code sampling temperature; 0 = greedy
     max_new_tokens: int = 256  # cap on reply text tokens
     checkpoint: str | None = None  # trained talker safetensors; None = the shipped one, if any
-    quantize: bool = False  # int8 linear layers (CPU): first audio 1.7x sooner, text CE +0.36 (TALKER_CARD.md)
+    precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"  # the backbone's matmuls: auto = bf16 on a CPU
+    # with AMX (as fast as int8 there, as accurate as fp32: TALKER_CARD.md), else fp32; int8 = dynamic int8 (CPU)
 
 
 @dataclass
@@ -185,6 +186,10 @@ def _known(settings: Settings) -> str:
 def _coerce(value: Any, hint: Any, dotted: str) -> Any:
     """Turn ``value`` (often a string from env/CLI) into the field's declared type."""
     args = typing.get_args(hint)
+    if typing.get_origin(hint) is Literal:
+        if value not in args:
+            raise SettingsError(f"{dotted} must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), hint) if args else hint
     if isinstance(value, str):

@@ -53,6 +53,16 @@ def load_backbone(override: str | None = None, cache: str | None = None, device:
     return Backbone(model=model, tokenizer=tokenizer, source=source)
 
 
+def amx_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices on AMX tiles (then bf16 is several times fp32's speed).
+
+    Without AMX, PyTorch's CPU bf16 matmuls are slower than fp32 ones.
+    """
+    import torch
+
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
 def int8_linears(model: Any, inplace: bool = False, keep: tuple[str, ...] = ()) -> Any:
     """``model`` (a copy unless ``inplace``) with int8 dynamically quantized nn.Linear layers.
 

@@ -146,6 +146,7 @@ class Talker(nn.Module):
         self.prompt_cache: Any = None  # model.generate.PromptCache: the last prompt's KV cache, extended by the next
         self.cache_lock = threading.Lock()  # one stream at a time owns the prompt cache
         self.quantized = False  # int8 linear layers (inference only; see quantize)
+        self.compute_dtype = torch.float32  # what the backbone's matmuls run in (see cast_frozen)
 
     @classmethod
     def from_backbone(cls, backbone: Any, config: TalkerConfig, share: bool = False, lora: bool = True) -> Talker:
@@ -162,9 +163,14 @@ class Talker(nn.Module):
         The adapters stay saved as they are; call again after loading new ones.
         """
         if hasattr(self.lm, "merge_adapter"):
-            if getattr(self.lm.base_model, "merged", False):
+            if self.merged:
                 self.lm.unmerge_adapter()
             self.lm.merge_adapter()
+
+    @property
+    def merged(self) -> bool:
+        """Whether the LoRA adapters are folded into the backbone's weights (peft marks each layer)."""
+        return any(getattr(m, "merged", False) for m in self.lm.modules() if hasattr(m, "merged_adapters"))
 
     def quantize(self) -> None:
         """Int8 linear layers but ``INT8_KEEP``, LoRA merged first (CPU inference only; no way back).
@@ -188,7 +194,8 @@ class Talker(nn.Module):
         """Store the frozen backbone weights in ``dtype`` (training under autocast); returns how many.
 
         The token embedding (tied to the LM head) stays as it is; trainable weights stay fp32, so the
-        optimiser updates full-precision values while the big matmuls run in ``dtype``.
+        optimiser updates full-precision values while the big matmuls run in ``dtype``. Inference
+        can use it too (after the checkpoint is loaded: merged adapters cannot be unmerged exactly).
         """
         count = 0
         embedding = self._embed_tokens.weight
@@ -196,7 +203,8 @@ class Talker(nn.Module):
             if not param.requires_grad and param.is_floating_point() and param is not embedding:
                 param.data = param.data.to(dtype)
                 count += param.numel()
-        self.prompt_cache = None
+        self.compute_dtype = dtype
+        self.prompt_cache = None  # computed with the old weights
         return count
 
     @property
@@ -233,13 +241,14 @@ class Talker(nn.Module):
         """
         additive = torch.zeros(mask.shape, dtype=embeds.dtype, device=embeds.device)
         additive = additive.masked_fill(~mask.to(embeds.device), torch.finfo(embeds.dtype).min)
-        out = self._decoder(
-            inputs_embeds=embeds,
-            attention_mask=additive,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=cache is not None,
-        )
+        with torch.autocast(embeds.device.type, self.compute_dtype, enabled=self.compute_dtype != torch.float32):
+            out = self._decoder(
+                inputs_embeds=embeds,
+                attention_mask=additive,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=cache is not None,
+            )
         return out.last_hidden_state
 
     def text_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -349,6 +358,9 @@ class Talker(nn.Module):
         path = Path(path)
         if self.quantized:
             raise ValueError(f"cannot load {path} into a quantized talker: load the checkpoint, then quantize")
+        merged = self.merged
+        if merged and self.compute_dtype != torch.float32:
+            raise ValueError(f"cannot load {path} into a talker cast to {self.compute_dtype}: load, then cast")
         if not path.is_file():
             raise AssetError(f"talker checkpoint {path} does not exist (train one with `ttt train talker`)")
         try:
@@ -370,7 +382,6 @@ class Talker(nn.Module):
         if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
             missing = sorted(set(expected) - set(state))[:3]
             raise AssetError(f"talker checkpoint {path} has the wrong tensors (missing e.g. {missing}); retrain")
-        merged = bool(getattr(getattr(self.lm, "base_model", None), "merged", False))
         if merged:
             self.lm.unmerge_adapter()  # take the old adapters out before their weights change
         speech = {k[len("speech.") :]: v for k, v in state.items() if k.startswith("speech.")}
@@ -429,7 +440,7 @@ def load_talker(
     model/checkpoints/talker.safetensors) is loaded when it exists; otherwise the speech
     parameters stay random and ``trained`` is False. The saved config wins over the default shape.
     """
-    from model.backbone import load_backbone
+    from model.backbone import amx_bf16, load_backbone
 
     backbone = backbone or load_backbone(settings.assets.llm, settings.assets.cache_dir, settings.device)
     path = checkpoint or settings.talker.checkpoint
@@ -450,8 +461,13 @@ def load_talker(
         trained = True
     talker.merge_lora()
     talker.eval()
-    if settings.talker.quantize:
+    precision = settings.talker.precision
+    if precision == "auto":
+        precision = "bf16" if talker.device.type == "cpu" and amx_bf16() else "fp32"
+    if precision == "int8":
         talker.quantize()
+    elif precision == "bf16":
+        talker.cast_frozen(torch.bfloat16)
     return talker, trained
 
 

@@ -43,6 +43,7 @@ def test_optional_fields_accept_none():
         ("vad.threshold=high", "vad.threshold expects float"),
         ("vad=1", "is a section"),
         ("novalue", "section.field=value"),
+        ("talker.precision=fp8", "talker.precision must be one of auto, fp32, bf16, int8, got 'fp8'"),
     ],
 )
 def test_bad_overrides_say_what_is_wrong(override, message):
@@ -112,3 +113,8 @@ def test_torch_threads_are_set_once_from_the_settings():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_choice_setting_takes_its_values():
+    assert load_settings(overrides=["talker.precision=int8"], environ={}).talker.precision == "int8"
+    assert load_settings(environ={"TTT_TALKER__PRECISION": "bf16"}).talker.precision == "bf16"
