@@ -66,6 +66,12 @@ def test_train_resume_export_and_speak(aligned, tmp_path):
     train(str(folder), str(seeded), minutes=0, cfg=cfg, init=str(run / "last.safetensors"))
     before, after = load_file(run / "last.safetensors"), load_file(seeded / "last.safetensors")
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    on = train(str(folder), str(seeded), minutes=5, steps=6, cfg=cfg)  # counts on from the seed's step 4
+    assert on["step"] == 6
+    seeded_log = [json.loads(line) for line in (seeded / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in seeded_log if "val_audio" in r] == [6]
+    curve = torch.load(seeded / "last.pt", weights_only=False)["history"]
+    assert [r["step"] for r in curve if "val_audio" in r] == [2, 4, 6]  # the seed's curve, continued
     with pytest.raises(AssetError, match="--init"):
         train(str(folder), str(tmp_path / "none"), minutes=0, cfg=cfg, init=str(tmp_path / "missing.safetensors"))
     codec = load_codec()

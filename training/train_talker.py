@@ -303,9 +303,10 @@ def train(
         config = default_config(codec, **(talker_overrides or {}))
     torch.manual_seed(cfg.seed)
     talker = Talker.from_backbone(backbone, config)
+    seeded: dict = {}
     if seed_from is not None:
-        talker.load_trainable(seed_from)
-        log.info("new run started from %s", seed_from)
+        seeded = talker.load_trainable(seed_from)
+        log.info("new run started from %s (its step %s)", seed_from, seeded.get("step", "unknown"))
     prompt = talker.prompt_ids([])
     dtype = matmul_dtype(precision)
     autocast = mixed_precision(talker, dtype)
@@ -343,11 +344,17 @@ def train(
         betas=(0.9, 0.95),
     )
     step, cursor, history, batch_seed = 0, 0, [], cfg.seed
+    warm_from = 0  # the step the learning-rate warm-up starts from (a fresh optimiser warms up again)
+    if seeded:  # weights only: count on from the seed's step and data position, with a fresh optimiser
+        step = warm_from = int(seeded.get("step", 0))
+        cursor = round(float(seeded.get("epoch", 0.0)) * len(train_set))
+        history = list(seeded.get("history", []))
     if state is not None:
         talker.load_state_dict(state["trainable"], strict=False)
         opt.load_state_dict(state["opt"])
         step, cursor, history = state["step"], state["cursor"], state.get("history", [])
         batch_seed = state.get("batch_seed", cfg.seed)
+        warm_from = state.get("warm_from", 0)
         log.info("resumed %s at step %d", last, step)
     talker, opt = accelerator.prepare(talker, opt)
     model: Talker = accelerator.unwrap_model(talker)
@@ -379,6 +386,7 @@ def train(
             "train_config": dataclasses.asdict(cfg),
             "data": str(data),
             "precision": str(dtype).removeprefix("torch."),
+            "history": history,  # the loss curve so far: a run seeded from this file (--init) continues it
         }
 
     def save() -> None:
@@ -392,6 +400,7 @@ def train(
                 "cursor": batches.cursor,
                 "batch_seed": batches.seed,
                 "history": history,
+                "warm_from": warm_from,
                 "talker_config": dataclasses.asdict(config),
                 "train_config": dataclasses.asdict(cfg),
             },
@@ -414,7 +423,7 @@ def train(
         logf.write(json.dumps(start_record) + "\n")
     while (time.monotonic() - start) < minutes * 60 and (not steps or step < steps):
         packed = pack(batches.next(), cfg.row_length)
-        scale = min(1.0, (step + 1) / cfg.warmup)
+        scale = min(1.0, (step + 1 - warm_from) / cfg.warmup)
         for group in opt.param_groups:
             group["lr"] = group["peak"] * scale
         with autocast():
