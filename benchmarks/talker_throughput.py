@@ -77,7 +77,7 @@ def main() -> None:
         batches = Batches(examples, args.positions, seed=rank)  # what training draws: length-sorted steps
 
         def batch():
-            packed = pack(batches.next())
+            packed = pack([e.positions for e in batches.next()])
             frames = int((packed.tensors["kinds"] == 3).sum())
 
             def loss():

@@ -63,6 +63,19 @@ def amx_bf16() -> bool:
     return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
+def cast_frozen(module: Any, dtype: Any, keep: tuple = ()) -> int:
+    """Store ``module``'s frozen floating-point weights in ``dtype``, but those in ``keep``; returns how many.
+
+    For bf16 matmuls under autocast: weights stored in bf16 are not cast again at every call.
+    """
+    count = 0
+    for param in module.parameters():
+        if not param.requires_grad and param.is_floating_point() and not any(param is k for k in keep):
+            param.data = param.data.to(dtype)
+            count += param.numel()
+    return count
+
+
 def int8_linears(model: Any, inplace: bool = False, keep: tuple[str, ...] = ()) -> Any:
     """``model`` (a copy unless ``inplace``) with int8 dynamically quantized nn.Linear layers.
 

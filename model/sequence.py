@@ -183,6 +183,7 @@ class Packed:
     positions: torch.Tensor  # [B, L] RoPE positions, restarting at 0 for every sequence
     mask: torch.Tensor  # [B, 1, L, L] bool: the attention rule within each sequence, nothing across
     real: int  # positions that are not padding
+    order: list[int]  # indices of the sequences as they lie in the batch, row by row (row-major reading order)
 
 
 def pack(sequences: list[Positions], row_length: int = 0) -> Packed:
@@ -240,4 +241,4 @@ def pack(sequences: list[Positions], row_length: int = 0) -> Packed:
     mask = mask & (seg.unsqueeze(-1) == seg.unsqueeze(-2)) & (seg >= 0).unsqueeze(-1)
     mask = mask | torch.eye(length, dtype=torch.bool).expand_as(mask)
     real = int((tensors["kinds"] != int(Kind.PAD)).sum())
-    return Packed(tensors, pos, mask.unsqueeze(1), real)
+    return Packed(tensors, pos, mask.unsqueeze(1), real, [i for row in rows for i in row])

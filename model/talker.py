@@ -53,7 +53,7 @@ class NoiseConfig:
 
     min_t: float = 0.05  # smallest masking ratio drawn for a noised span
     full_mask: float = 0.25  # probability that a noised span is masked whole (the first decoding step)
-    text_weight: float = 1.0  # weight of the text loss
+    text_weight: float = 1.0  # weight of the text loss (soft targets when a teacher is given, see Talker.loss)
     dur_weight: float = 1.0  # weight of the duration loss
     audio_weight: float = 1.0  # weight of the diffusion loss
 
@@ -197,12 +197,9 @@ class Talker(nn.Module):
         optimiser updates full-precision values while the big matmuls run in ``dtype``. Inference
         can use it too (after the checkpoint is loaded: merged adapters cannot be unmerged exactly).
         """
-        count = 0
-        embedding = self._embed_tokens.weight
-        for param in self.parameters():
-            if not param.requires_grad and param.is_floating_point() and param is not embedding:
-                param.data = param.data.to(dtype)
-                count += param.numel()
+        from model.backbone import cast_frozen
+
+        count = cast_frozen(self, dtype, keep=(self._embed_tokens.weight,))
         self.compute_dtype = dtype
         self.prompt_cache = None  # computed with the old weights
         return count
@@ -286,11 +283,15 @@ class Talker(nn.Module):
         noise: NoiseConfig,
         generator: torch.Generator | None = None,
         masked: torch.Tensor | None = None,
+        teacher: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Text next-token CE + duration CE + masked-diffusion CE (mean over masked codes) on a packed batch.
 
-        ``masked`` [B, L, G] overrides the random noise (evaluation). Returns ``loss`` (to minimise) and
-        the detached parts ``text``, ``dur``, ``audio`` (nats per token / span / code).
+        ``masked`` [B, L, G] overrides the random noise (evaluation). ``teacher`` [N, V]: logits of the
+        untouched backbone for the N text targets, in the batch's reading order; the text loss is then
+        the cross-entropy to the teacher's distribution (distillation keeps the backbone's text
+        ability), and ``text`` still reports the CE of the true tokens. Returns ``loss`` (to minimise)
+        and the detached parts ``text``, ``dur``, ``audio`` (nats per token / span / code).
         """
         dev = self.device
         rows = {k: v.to(dev) for k, v in packed.tensors.items()}
@@ -300,7 +301,17 @@ class Talker(nn.Module):
         ce = nn.functional.cross_entropy
         zero = torch.zeros((), device=dev)
         has_text = rows["text_target"] != IGNORE
-        text = ce(self.text_logits(h[has_text]), rows["text_target"][has_text]) if has_text.any() else zero
+        text = text_objective = zero
+        if has_text.any():
+            logits = self.text_logits(h[has_text])
+            text = ce(logits, rows["text_target"][has_text])
+            text_objective = text
+            if teacher is not None:
+                if teacher.shape != logits.shape:
+                    raise ValueError(
+                        f"teacher logits {tuple(teacher.shape)} must match the text targets' {tuple(logits.shape)}"
+                    )
+                text_objective = ce(logits.float(), torch.softmax(teacher.to(dev).float(), dim=-1))
         has_dur = rows["dur_target"] != IGNORE
         dur_target = rows["dur_target"][has_dur].clamp(max=self.config.max_span)
         dur = ce(self.duration_logits(h[has_dur]), dur_target) if has_dur.any() else zero
@@ -313,7 +324,7 @@ class Talker(nn.Module):
             audio = (per_code * which).sum() / which.sum()
         else:
             audio = zero
-        total = noise.text_weight * text + noise.dur_weight * dur + noise.audio_weight * audio
+        total = noise.text_weight * text_objective + noise.dur_weight * dur + noise.audio_weight * audio
         return {"loss": total, "text": text.detach(), "dur": dur.detach(), "audio": audio.detach()}
 
     # --- checkpoint ----------------------------------------------------------------------------

@@ -500,3 +500,39 @@ def test_bf16_talker_is_close_to_fp32_and_refuses_new_weights(tokenizer, tmp_pat
     assert events[-1].final
     with pytest.raises(ValueError, match="load, then cast"):
         half.load_trainable(path)
+
+
+def test_text_distillation_reads_the_teacher_in_the_batch_order(tokenizer):
+    """The teacher's logits line up with the interleaved text targets however pack() orders the clips."""
+    from model.sequence import IGNORE
+    from training.train_talker import Example, teacher_logits
+
+    prompt, end = [1, 2], 9
+    replies = [[[5, 6], [7]], [[11], [12, 13], [14]], [[21]]]
+    examples = []
+    for n, tokens in enumerate(replies):
+        chunks = [Chunk(t, [3], 2) for t in tokens]
+        positions, _ = build_reply(prompt, chunks, torch.randint(0, 8, (2 * len(chunks), 2)), end)
+        examples.append(Example(n, "", positions, prompt + [t for c in tokens for t in c] + [end]))
+    packed = pack([e.positions for e in examples], 32)
+    assert sorted(packed.order) == [0, 1, 2] and packed.order != [0, 1, 2]  # longest first
+    targets = packed.tensors["text_target"][packed.tensors["text_target"] != IGNORE]
+    ordered = [examples[i] for i in packed.order]
+    assert targets.tolist() == [t for e in ordered for t in e.plain[len(prompt) :]]
+    teacher = tiny_lm(len(tokenizer), seed=5)
+    soft = teacher_logits(teacher, ordered, len(prompt))
+    assert soft.shape == (len(targets), len(tokenizer))
+    alone = teacher(input_ids=torch.tensor([ordered[1].plain])).logits[0, len(prompt) - 1 : -1]
+    start = len(ordered[0].plain) - len(prompt)
+    torch.testing.assert_close(soft[start : start + len(alone)], alone, rtol=1e-4, atol=1e-4)  # padding changes nothing
+
+    talker = tiny_talker(tokenizer)
+    sure = torch.full_like(soft, -30.0).scatter(1, targets[:, None], 30.0)  # a teacher certain of the true tokens
+    gen = torch.Generator().manual_seed(0)
+    hard = talker.loss(packed, NoiseConfig(), gen)
+    distilled = talker.loss(packed, NoiseConfig(), torch.Generator().manual_seed(0), teacher=sure)
+    assert float(distilled["loss"]) == pytest.approx(float(hard["loss"]), rel=1e-4)
+    reported = talker.loss(packed, NoiseConfig(), torch.Generator().manual_seed(0), teacher=soft)["text"]
+    assert float(reported) == pytest.approx(float(hard["text"]))  # "text" stays the CE of the true tokens
+    with pytest.raises(ValueError, match="must match the text targets"):
+        talker.loss(packed, NoiseConfig(), teacher=soft[1:])

@@ -15,6 +15,7 @@ Training stops after ``--minutes`` (or ``--steps``) and resumes from ``last.pt``
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 
 from model.assets import AssetError
-from model.backbone import amx_bf16
+from model.backbone import amx_bf16, cast_frozen
 from model.chunks import chunk_tokens, phoneme_ids
 from model.sequence import Chunk, Kind, Positions, build_reply, pack
 from model.talker import NoiseConfig, Talker, TalkerConfig, default_config, saved_config
@@ -52,6 +53,7 @@ class TrainConfig:
     log_every: int = 10  # steps between training-loss lines in log.jsonl
     save_every_s: float = 180.0  # seconds between resumable checkpoints
     seed: int = 0  # data order and noise
+    text_teacher: bool = True  # text loss against the untouched backbone's next-token distribution (keeps chat)
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class Example:
     id: int  # corpus id
     text: str  # what is voiced
     positions: Positions  # the full training sequence
+    plain: list[int]  # the same prompt and reply as text alone (prompt, reply tokens, end): the teacher's input
 
 
 def examples_from(items: list, tokenizer, prompt: list[int], end_token: int, max_span: int) -> tuple[list, int]:
@@ -80,7 +83,8 @@ def examples_from(items: list, tokenizer, prompt: list[int], end_token: int, max
             for (_, tokens), c in zip(pieces, item.chunks, strict=True)
         ]
         positions, _ = build_reply(prompt, chunks, torch.as_tensor(item.codes.astype("int64")), end_token)
-        out.append(Example(item.id, item.text, positions))
+        plain = prompt + [t for c in chunks for t in c.tokens] + [end_token]
+        out.append(Example(item.id, item.text, positions, plain))
     return out, skipped
 
 
@@ -96,7 +100,7 @@ class Batches:
     def __init__(self, examples: list[Example], positions: int, seed: int, cursor: int = 0, pool: int = 8):
         self.examples, self.positions, self.seed, self.pool = examples, positions, seed, pool
         self.cursor = cursor  # examples drawn so far (resume point; a resumed run skips the unused pool)
-        self._queue: list[list[Positions]] = []
+        self._queue: list[list[Example]] = []
         self._shuffled: tuple[int, list[int]] = (-1, [])  # (epoch, its order): shuffled once per epoch
 
     def _order(self, epoch: int) -> list[int]:
@@ -106,21 +110,21 @@ class Batches:
             self._shuffled = (epoch, order)
         return self._shuffled[1]
 
-    def next(self) -> list[Positions]:
-        """The sequences of the next step."""
+    def next(self) -> list[Example]:
+        """The examples of the next step."""
         if not self._queue:
             drawn, total = [], 0
             while total < self.positions * self.pool:
                 epoch, index = divmod(self.cursor, len(self.examples))
-                drawn.append(self.examples[self._order(epoch)[index]].positions)
-                total += len(drawn[-1])
+                drawn.append(self.examples[self._order(epoch)[index]])
+                total += len(drawn[-1].positions)
                 self.cursor += 1
-            drawn.sort(key=len)
-            step: list[Positions] = []
+            drawn.sort(key=lambda e: len(e.positions))
+            step: list[Example] = []
             size = 0
-            for seq in drawn:
-                step.append(seq)
-                size += len(seq)
+            for example in drawn:
+                step.append(example)
+                size += len(example.positions)
                 if size >= self.positions:
                     self._queue.append(step)
                     step, size = [], 0
@@ -244,6 +248,24 @@ def matmul_dtype(precision: str) -> torch.dtype:
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
+def teacher_logits(teacher: torch.nn.Module, examples: list[Example], prompt_length: int) -> torch.Tensor:
+    """The untouched backbone's logits [N, V] for every text target of ``examples``, in their order.
+
+    Each example is read as text alone (``Example.plain``); the targets after its prompt are the
+    reply tokens and the end token, the same ones its interleaved layout predicts.
+    """
+    longest = max(len(e.plain) for e in examples)
+    ids = torch.zeros(len(examples), longest, dtype=torch.long)
+    attend = torch.zeros(len(examples), longest, dtype=torch.long)
+    for i, e in enumerate(examples):
+        ids[i, : len(e.plain)] = torch.tensor(e.plain)
+        attend[i, : len(e.plain)] = 1
+    device = next(teacher.parameters()).device
+    with torch.no_grad():
+        logits = teacher(input_ids=ids.to(device), attention_mask=attend.to(device)).logits
+    return torch.cat([logits[i, prompt_length - 1 : len(e.plain) - 1] for i, e in enumerate(examples)])
+
+
 def mixed_precision(talker: Talker, dtype: torch.dtype) -> Callable[[], AbstractContextManager]:
     """Set ``talker`` up to train with matmuls in ``dtype``; returns the autocast its passes run under."""
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
@@ -310,6 +332,11 @@ def train(
     prompt = talker.prompt_ids([])
     dtype = matmul_dtype(precision)
     autocast = mixed_precision(talker, dtype)
+    teacher = None
+    if cfg.text_teacher:
+        teacher = copy.deepcopy(backbone.model)  # the untouched backbone (the shared, cached one stays as loaded)
+        if dtype != torch.float32:
+            cast_frozen(teacher, dtype, keep=(teacher.get_input_embeddings().weight,))
 
     def load_data() -> tuple[list[Example], list[Example], int]:
         """(validation, training examples, aligned shards): every clip with an id divisible by 97 validates."""
@@ -357,6 +384,8 @@ def train(
         warm_from = state.get("warm_from", 0)
         log.info("resumed %s at step %d", last, step)
     talker, opt = accelerator.prepare(talker, opt)
+    if teacher is not None:
+        teacher.to(accelerator.device)
     model: Talker = accelerator.unwrap_model(talker)
     trainable = [p for _, p in model.trainable_parameters()]
     ema = [p.detach().clone() for p in trainable]
@@ -422,12 +451,14 @@ def train(
         start_record = {"start": True, "clips": len(train_set), "positions": real_positions, "init": init}
         logf.write(json.dumps(start_record) + "\n")
     while (time.monotonic() - start) < minutes * 60 and (not steps or step < steps):
-        packed = pack(batches.next(), cfg.row_length)
+        drawn = batches.next()
+        packed = pack([e.positions for e in drawn], cfg.row_length)
         scale = min(1.0, (step + 1 - warm_from) / cfg.warmup)
         for group in opt.param_groups:
             group["lr"] = group["peak"] * scale
         with autocast():
-            losses = model.loss(packed, noise, generator)
+            soft = teacher_logits(teacher, [drawn[i] for i in packed.order], len(prompt)) if teacher else None
+            losses = model.loss(packed, noise, generator, teacher=soft)
         opt.zero_grad(set_to_none=True)
         accelerator.backward(losses["loss"])
         accelerator.clip_grad_norm_(trainable, 1.0)
