@@ -10,7 +10,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ALIGNED=${ALIGNED:-data/aligned}
-rm -rf .stage && mkdir -p .stage/wheels
+rm -rf .stage && mkdir -p .stage/wheels .stage/aside
+# Tracked files travel with every device call (64 MiB in all, the GGUF part included): the talker
+# seeds (training/seeds/, 38 MB each) are not needed there. Put them back after the GPU window with
+# `git checkout -- training/seeds`.
+for seed in training/seeds/*.safetensors; do
+    [ -f "$seed" ] && mv "$seed" .stage/aside/ && echo "set aside for the device calls: $seed"
+done
 gguf=$(.venv/bin/python -c "from model.assets import LLM, locate; print(locate(LLM))")
 split -n 3 -d -a 1 "$gguf" .stage/gguf.
 basename "$gguf" > .stage/gguf.name
