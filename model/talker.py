@@ -53,7 +53,7 @@ class NoiseConfig:
 
     min_t: float = 0.05  # smallest masking ratio drawn for a noised span
     full_mask: float = 0.25  # probability that a noised span is masked whole (the first decoding step)
-    text_weight: float = 1.0  # weight of the text loss (soft targets when a teacher is given, see Talker.loss)
+    text_weight: float = 1.0  # weight of the text loss (a KL to the teacher when one is given, see Talker.loss)
     dur_weight: float = 1.0  # weight of the duration loss
     audio_weight: float = 1.0  # weight of the diffusion loss
 
@@ -289,9 +289,10 @@ class Talker(nn.Module):
 
         ``masked`` [B, L, G] overrides the random noise (evaluation). ``teacher`` [N, V]: logits of the
         untouched backbone for the N text targets, in the batch's reading order; the text loss is then
-        the cross-entropy to the teacher's distribution (distillation keeps the backbone's text
-        ability), and ``text`` still reports the CE of the true tokens. Returns ``loss`` (to minimise)
-        and the detached parts ``text``, ``dur``, ``audio`` (nats per token / span / code).
+        KL(teacher || talker) per token (distillation keeps the backbone's text ability; the same
+        gradient as the cross-entropy to the teacher's distribution), reported as ``text_kl``, and
+        ``text`` still reports the CE of the true tokens. Returns ``loss`` (to minimise) and the
+        detached parts ``text``, ``dur``, ``audio`` (nats per token / span / code).
         """
         dev = self.device
         rows = {k: v.to(dev) for k, v in packed.tensors.items()}
@@ -302,6 +303,7 @@ class Talker(nn.Module):
         zero = torch.zeros((), device=dev)
         has_text = rows["text_target"] != IGNORE
         text = text_objective = zero
+        parts: dict[str, torch.Tensor] = {}
         if has_text.any():
             logits = self.text_logits(h[has_text])
             text = ce(logits, rows["text_target"][has_text])
@@ -311,7 +313,10 @@ class Talker(nn.Module):
                     raise ValueError(
                         f"teacher logits {tuple(teacher.shape)} must match the text targets' {tuple(logits.shape)}"
                     )
-                text_objective = ce(logits.float(), torch.softmax(teacher.to(dev).float(), dim=-1))
+                log_q = torch.log_softmax(logits.float(), dim=-1)
+                log_p = torch.log_softmax(teacher.to(dev).float(), dim=-1)
+                text_objective = (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+                parts["text_kl"] = text_objective.detach()
         has_dur = rows["dur_target"] != IGNORE
         dur_target = rows["dur_target"][has_dur].clamp(max=self.config.max_span)
         dur = ce(self.duration_logits(h[has_dur]), dur_target) if has_dur.any() else zero
@@ -325,7 +330,7 @@ class Talker(nn.Module):
         else:
             audio = zero
         total = noise.text_weight * text_objective + noise.dur_weight * dur + noise.audio_weight * audio
-        return {"loss": total, "text": text.detach(), "dur": dur.detach(), "audio": audio.detach()}
+        return {"loss": total, "text": text.detach(), "dur": dur.detach(), "audio": audio.detach(), **parts}
 
     # --- checkpoint ----------------------------------------------------------------------------
 

@@ -532,6 +532,7 @@ def test_text_distillation_reads_the_teacher_in_the_batch_order(tokenizer):
     hard = talker.loss(packed, NoiseConfig(), gen)
     distilled = talker.loss(packed, NoiseConfig(), torch.Generator().manual_seed(0), teacher=sure)
     assert float(distilled["loss"].detach()) == pytest.approx(float(hard["loss"].detach()), rel=1e-4)
+    assert float(distilled["text_kl"]) == pytest.approx(float(hard["text"]), rel=1e-4)  # KL to a one-hot = CE
     reported = talker.loss(packed, NoiseConfig(), torch.Generator().manual_seed(0), teacher=soft)["text"]
     assert float(reported) == pytest.approx(float(hard["text"]))  # "text" stays the CE of the true tokens
     with pytest.raises(ValueError, match="must match the text targets"):

@@ -141,24 +141,34 @@ class Batches:
 
 @torch.no_grad()
 def validate(
-    talker: Talker, examples: list[Example], row_length: int, prompt_length: int, seed: int = 1234
+    talker: Talker,
+    examples: list[Example],
+    row_length: int,
+    prompt_length: int,
+    seed: int = 1234,
+    teacher: torch.nn.Module | None = None,
 ) -> dict[str, float]:
     """Validation losses with fixed noise, and the text-dependence gap (the babble detector).
 
     ``audio_t1``: CE of codes of whole-masked spans (every other span) given the true text;
     ``audio_t1_shuffled``: the same with every clip's text and phoneme tokens taken from another clip
     (same positions otherwise). A model that listens to the text loses clearly more without it.
+    With a ``teacher`` (the untouched backbone), ``val_text_kl``: KL(teacher || talker) per text token.
     """
     talker.eval()
     sequences = [e.positions for e in examples]
     shuffled = [_swap_text(s, sequences[(i + 1) % len(sequences)], prompt_length) for i, s in enumerate(sequences)]
     generator = torch.Generator().manual_seed(seed)
     sums: dict[str, float] = {}
-    batches = [sequences[i : i + 8] for i in range(0, len(sequences), 8)]
-    shuffled_batches = [shuffled[i : i + 8] for i in range(0, len(shuffled), 8)]
-    for batch, other in zip(batches, shuffled_batches, strict=True):
+    starts = range(0, len(sequences), 8)
+    for start in starts:
+        batch, other = sequences[start : start + 8], shuffled[start : start + 8]
         packed = pack(batch, row_length)
-        noisy = talker.loss(packed, NoiseConfig(), generator)
+        in_order = [examples[start + j] for j in packed.order]
+        soft = teacher_logits(teacher, in_order, prompt_length) if teacher is not None else None
+        noisy = talker.loss(packed, NoiseConfig(), generator, teacher=soft)
+        if soft is not None:
+            sums["val_text_kl"] = sums.get("val_text_kl", 0.0) + float(noisy["text_kl"]) / len(starts)
         whole = _whole_spans(packed)
         clean = talker.loss(packed, NoiseConfig(), masked=whole)
         swapped = talker.loss(pack(other, row_length), NoiseConfig(), masked=whole)
@@ -169,7 +179,7 @@ def validate(
             ("audio_t1", clean["audio"]),
             ("audio_t1_shuffled", swapped["audio"]),
         ):
-            sums[key] = sums.get(key, 0.0) + float(value) / len(batches)
+            sums[key] = sums.get(key, 0.0) + float(value) / len(starts)
     sums["text_gap"] = sums["audio_t1_shuffled"] - sums["audio_t1"]
     talker.train()
     return {k: round(v, 4) for k, v in sums.items()}
@@ -485,7 +495,7 @@ def train(
                 batches = Batches(train_set, cfg.positions_per_step, cfg.seed + step, 0)
                 log.info("aligned data reloaded: %d training clips, %d validation clips", len(train_set), len(val))
             with autocast():
-                metrics = with_ema(lambda val=val: validate(model, val, cfg.row_length, len(prompt)))
+                metrics = with_ema(lambda val=val: validate(model, val, cfg.row_length, len(prompt), teacher=teacher))
             record = {"step": step, "epoch": round(batches.epoch, 3), "val_clips": len(val), **metrics}
             logf.write(json.dumps(record) + "\n")
             logf.flush()
