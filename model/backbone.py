@@ -63,6 +63,13 @@ def amx_bf16() -> bool:
     return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
+def resolve_precision(precision: str, device_type: str) -> str:
+    """``auto`` as the matmul precision it means on ``device_type``: bf16 on a CPU with AMX, else fp32."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device_type == "cpu" and amx_bf16() else "fp32"
+
+
 def cast_frozen(module: Any, dtype: Any, keep: tuple = ()) -> int:
     """Store ``module``'s frozen floating-point weights in ``dtype``, but those in ``keep``; returns how many.
 

@@ -456,7 +456,7 @@ def load_talker(
     model/checkpoints/talker.safetensors) is loaded when it exists; otherwise the speech
     parameters stay random and ``trained`` is False. The saved config wins over the default shape.
     """
-    from model.backbone import amx_bf16, load_backbone
+    from model.backbone import load_backbone, resolve_precision
 
     backbone = backbone or load_backbone(settings.assets.llm, settings.assets.cache_dir, settings.device)
     path = checkpoint or settings.talker.checkpoint
@@ -477,9 +477,7 @@ def load_talker(
         trained = True
     talker.merge_lora()
     talker.eval()
-    precision = settings.talker.precision
-    if precision == "auto":
-        precision = "bf16" if talker.device.type == "cpu" and amx_bf16() else "fp32"
+    precision = resolve_precision(settings.talker.precision, talker.device.type)
     if precision == "int8":
         talker.quantize()
     elif precision == "bf16":

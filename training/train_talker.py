@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from model.assets import AssetError
-from model.backbone import amx_bf16, cast_frozen
+from model.backbone import cast_frozen, resolve_precision
 from model.chunks import chunk_tokens, phoneme_ids
 from model.sequence import Chunk, Kind, Positions, build_reply, pack
 from model.talker import NoiseConfig, Talker, TalkerConfig, default_config, saved_config
@@ -253,8 +253,7 @@ def matmul_dtype(precision: str) -> torch.dtype:
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-    if precision == "auto":
-        precision = "bf16" if amx_bf16() and not torch.cuda.is_available() else "fp32"
+    precision = resolve_precision(precision, "cuda" if torch.cuda.is_available() else "cpu")
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
