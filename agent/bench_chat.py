@@ -27,19 +27,9 @@ from agent.listen import Listener
 from agent.memory import resident_mb
 from agent.metrics import percentile, summarize
 from agent.settings import Settings
+from training.turn_data import CONVERSATION_QUESTIONS, read_turns
 
-QUESTIONS = [
-    "What is the capital of France?",
-    "How many days are in a week?",
-    "What color is the sky on a clear day?",
-    "Can you name a fruit that is yellow?",
-    "What do bees make?",
-    "How many legs does a spider have?",
-    "What is the opposite of hot?",
-    "Which animal says moo?",
-    "What do you call frozen water?",
-    "How many hours are in a day?",
-]
+QUESTIONS = read_turns(CONVERSATION_QUESTIONS)  # held out of the end-of-turn head's training text
 LOUD = 0.02  # amplitude above which the recording counts as sound
 GAP_BRIDGE_S = 0.3  # silences shorter than this inside a reply do not split it
 

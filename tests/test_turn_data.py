@@ -6,7 +6,9 @@ import pytest
 
 from training.synth import normalise
 from training.turn_data import (
+    CONVERSATION_QUESTIONS,
     OPEN_WORDS,
+    TURN_SHORT_QUESTIONS,
     build_examples,
     cuts,
     dev_sets,
@@ -17,7 +19,7 @@ from training.turn_data import (
 
 @pytest.fixture(scope="module")
 def examples():
-    return build_examples(written=400, templates=200, numbers=200, short=200)
+    return build_examples(written=400, templates=200, numbers=200, short=200, questions=200)
 
 
 def test_examples_have_both_labels_and_whisper_style(examples):
@@ -37,8 +39,17 @@ def test_held_out_sets_stay_out_of_training(examples):
     heldout |= {normalise(f) for f, _ in read_pause_cases()}
     pauses, completes = dev_sets()
     heldout |= {normalise(f + " " + c) for f, c in pauses} | {normalise(t) for t in completes}
+    heldout |= {normalise(t) for t in read_turns(TURN_SHORT_QUESTIONS) + read_turns(CONVERSATION_QUESTIONS)}
     texts = {normalise(e.text) for e in build_examples()}
     assert not texts & heldout
+
+
+def test_short_questions_are_complete_turns_and_their_cuts_are_not(examples):
+    questions = [e for e in examples if e.complete and e.text.endswith("?") and len(e.text.split()) <= 8]
+    assert len(questions) > 100
+    # "What do owls eat?" is whole, "What do owls" is not: both forms are in the data.
+    stems = {" ".join(e.text.split()[:3]) for e in examples if not e.complete}
+    assert sum(" ".join(q.text.split()[:3]) in stems for q in questions) > len(questions) / 4
 
 
 def test_cuts_are_prefixes_at_word_boundaries():

@@ -23,6 +23,8 @@ WRITTEN_SENTENCES = HERE / "written_sentences.txt"
 TURN_PAUSES = HERE / "turn_pauses.txt"  # held-out pause cases: "fragment | continuation"
 TURN_COMPLETE = HERE / "turn_complete.txt"  # held-out complete turns
 TURN_DEV_TURNS = HERE / "turn_dev_turns.txt"  # short complete turns of the wait-policy dev set
+TURN_SHORT_QUESTIONS = HERE / "turn_short_questions.txt"  # held-out short complete questions
+CONVERSATION_QUESTIONS = HERE / "conversation_questions.txt"  # what `ttt bench --turns` asks (held out too)
 VOICED_GROUP_BASE = 1_000_000  # source-sentence groups of the voiced examples (apart from the text ones)
 
 # Words after which an English utterance is (almost) never over: a cut there is surely unfinished.
@@ -47,6 +49,82 @@ PLACES = "Paris|London|Rome|Madrid|Tokyo|Boston|Denver|Cairo|Oslo|Dublin|Vienna|
 NAMES = "Anna|Ben|Carla|David|Emma|Farid|Grace|Hugo|Irene|Jonas|Maya|Noah|Olga|Pedro|Rosa|Sam".split("|")
 STREETS = "Oak Street|Park Avenue|Mill Road|Station Road|Elm Lane|High Street|River Drive|Hill Court".split("|")
 ITEMS = "milk|eggs|bread|apples|rice|coffee|butter|onions|cheese|tomatoes|pasta|lemons|yogurt|carrots".split("|")
+# Pools of the short questions: most end on a verb, an adjective or a noun that could take more words
+# ("What do owls eat", "What is the opposite of wet"), and are still whole turns.
+ANIMALS = (
+    "owls|horses|sheep|frogs|ducks|whales|sharks|snakes|rabbits|foxes|wolves|bears|goats|pigs|camels|lions|"
+    "tigers|mice|ants|crows|dolphins|turtles|squirrels|bats|deer|monkeys|zebras|elephants|eagles|parrots"
+).split("|")
+ANIMAL = (
+    "an owl|a horse|a sheep|a frog|a duck|a whale|a snake|a rabbit|a fox|a wolf|a bear|a goat|a pig|a camel|"
+    "a lion|a mouse|a crow|a dolphin|a turtle|a squirrel|a donkey|a rooster|a hen|a dog|an elephant"
+).split("|")
+ADJECTIVES = (
+    "wet|dry|big|small|fast|slow|old|young|early|late|loud|quiet|heavy|light|empty|full|rich|poor|soft|hard|"
+    "dark|bright|happy|sad|open|closed|thick|thin|sweet|sour|high|low|long|short|warm|cool|clean|dirty|easy"
+).split("|")
+THINGS = (
+    "the moon|the sea|snow|grass|a rainbow|the sun|a volcano|the wind|thunder|sand|glass|paper|rubber|gold|"
+    "the desert|a battery|a magnet|a cloud|the night sky|a bridge|the river|ice cream|a lemon|chocolate|an egg"
+).split("|")
+PEOPLE = "farmers|bakers|nurses|pilots|plumbers|teachers|painters|firefighters|fishermen|carpenters|chefs".split("|")
+VERBS = "eat|drink|need|want|like|build|grow|carry|hunt|fear|hear|see|sell|fix|make|use|wear|say|do|find".split("|")
+SUBJECTS = "you|they|we|people|kids|your friends|the neighbours|scientists|doctors".split("|")  # plural: "do"
+COUNTRIES = "Spain|Japan|Kenya|Peru|Norway|Egypt|Canada|India|Chile|Greece|Mexico|Poland|Vietnam|Ireland".split("|")
+WORDS = "gravity|a noun|democracy|a haiku|photosynthesis|an atom|a comet|inflation|a verb|a fossil|a glacier".split("|")
+
+
+def short_question(rng: random.Random) -> str:
+    """A short, complete question of the kind people ask a voice assistant (3-8 words)."""
+    animal, animals, adjective, thing = rng.choice(ANIMAL), rng.choice(ANIMALS), rng.choice(ADJECTIVES), rng.choice(THINGS)
+    who, verb, people = rng.choice(SUBJECTS), rng.choice(VERBS), rng.choice(PEOPLE)
+    a, b = rng.randint(2, 20), rng.randint(2, 12)
+    options = [
+        f"What do {animals} {verb}?",
+        f"What does {animal} {verb}?",
+        f"What do {people} {verb}?",
+        f"What did {rng.choice(SUBJECTS + ['she', 'he', 'Mum', 'the doctor'])} {verb}?",
+        f"What do {who} {verb}?",
+        f"Where do {animals} live?",
+        f"Where do {animals} sleep?",
+        f"How do {animals} {verb}?",
+        f"Can {animals} swim?",
+        f"Do {animals} {verb}?",
+        f"Why do {animals} {verb}?",
+        f"What sound does {animal} make?",
+        f"How much does {animal} weigh?",
+        f"How long does {animal} live?",
+        f"How fast can {animal} run?",
+        f"Which animal {rng.choice(['barks', 'purrs', 'howls', 'quacks', 'hops', 'roars', 'sings', 'bites'])}?",
+        f"Which {rng.choice(['animal', 'bird', 'fish', 'fruit', 'planet', 'country', 'city'])} is the "
+        f"{rng.choice(['biggest', 'smallest', 'fastest', 'oldest', 'coldest', 'hottest', 'tallest'])}?",
+        f"What is the opposite of {adjective}?",
+        f"What's the opposite of {adjective}?",
+        f"What rhymes with {adjective}?",
+        f"Is {thing} {adjective}?",
+        f"Why is {thing} {adjective}?",
+        f"How {adjective} is {thing}?",
+        f"What color is {thing}?",
+        f"What is {thing} made of?",
+        f"What is {a} plus {b}?",
+        f"What is {a} times {b}?",
+        f"What's {a} minus {b}?",
+        f"How many {rng.choice(['legs', 'eyes', 'teeth', 'wings'])} does {animal} have?",
+        f"How many {rng.choice(['minutes', 'seconds'])} are in an hour?",
+        f"What is the capital of {rng.choice(COUNTRIES)}?",
+        f"What language do they speak in {rng.choice(COUNTRIES)}?",
+        f"Where is {rng.choice(COUNTRIES)}?",
+        f"What is {rng.choice(WORDS)}?",
+        f"What does {rng.choice(WORDS)} mean?",
+        f"Who invented {rng.choice(['the telephone', 'the bicycle', 'paper', 'the radio', 'glasses', 'the wheel'])}?",
+        f"Who discovered {rng.choice(['penicillin', 'gravity', 'electricity', 'radium', 'America'])}?",
+        f"When does {rng.choice(['summer', 'winter', 'school', 'the game', 'the film', 'the market'])} start?",
+        f"Where did {who} go?",
+        f"What are {who} {rng.choice(['doing', 'eating', 'reading', 'watching', 'making'])}?",
+        f"Is it {adjective} outside?",
+        f"Who is {rng.choice(NAMES)}?",
+    ]
+    return rng.choice(options)
 
 
 @dataclass(frozen=True)
@@ -149,16 +227,21 @@ def heldout_filter() -> DevFilter:
     """Rejects text near the turn benchmark's held-out sets, the dev sets and the shared eval sets."""
     from training.synth import DEV_SENTENCES
 
-    return DevFilter(DEV_SENTENCES, HELDOUT_SENTENCES, TURN_PAUSES, TURN_COMPLETE, TURN_DEV_TURNS)
+    return DevFilter(
+        DEV_SENTENCES, HELDOUT_SENTENCES, TURN_PAUSES, TURN_COMPLETE, TURN_DEV_TURNS, TURN_SHORT_QUESTIONS,
+        CONVERSATION_QUESTIONS,
+    )
 
 
-def source_sentences(rng: random.Random, written: int, templates: int, numbers: int, short: int) -> Iterator[str]:
+def source_sentences(
+    rng: random.Random, written: int, templates: int, numbers: int, short: int, questions: int = 0
+) -> Iterator[str]:
     """The complete sentences examples are made from (held-out text filtered out)."""
     allowed = heldout_filter().allows
     lines = read_sentence_file(WRITTEN_SENTENCES, "written sentence file")
     rng.shuffle(lines)
     yield from (s for s in lines[:written] if allowed(s))
-    for make, count in ((template_sentence, templates), (number_sentence, numbers)):
+    for make, count in ((template_sentence, templates), (number_sentence, numbers), (short_question, questions)):
         for _ in range(count):
             sentence = make(rng)
             if allowed(sentence):
@@ -170,7 +253,13 @@ def source_sentences(rng: random.Random, written: int, templates: int, numbers: 
 
 
 def build_examples(
-    seed: int = 0, written: int = 3000, templates: int = 1000, numbers: int = 800, short: int = 600, cuts_per: int = 2
+    seed: int = 0,
+    written: int = 3000,
+    templates: int = 1000,
+    numbers: int = 800,
+    short: int = 600,
+    questions: int = 1000,
+    cuts_per: int = 2,
 ) -> list[TurnExample]:
     """The training examples: each source sentence complete, and up to ``cuts_per`` cuts of it.
 
@@ -178,7 +267,7 @@ def build_examples(
     """
     rng = random.Random(seed)
     examples = []
-    for group, sentence in enumerate(source_sentences(rng, written, templates, numbers, short)):
+    for group, sentence in enumerate(source_sentences(rng, written, templates, numbers, short, questions)):
         examples.append(TurnExample(whisper_style(sentence, rng), True, 1.0, group))
         for prefix, weight in cuts(sentence, rng, cuts_per if len(sentence.split()) > 3 else 0):
             examples.append(TurnExample(whisper_style(prefix, rng), False, weight, group))
