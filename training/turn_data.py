@@ -27,10 +27,11 @@ TURN_SHORT_QUESTIONS = HERE / "turn_short_questions.txt"  # held-out short compl
 CONVERSATION_QUESTIONS = HERE / "conversation_questions.txt"  # what `ttt bench --turns` asks (held out too)
 VOICED_GROUP_BASE = 1_000_000  # source-sentence groups of the voiced examples (apart from the text ones)
 
-# Words after which an English utterance is (almost) never over: a cut there is surely unfinished.
+# Words after which an English utterance is (almost) never over: a cut there is surely unfinished. A short
+# question made of such a word alone ("Why?", "How?") is not cut: turns of three words or fewer stay whole.
 OPEN_WORDS = frozenset(
-    "a an the to of for in on at by with from into about and or but so because if than that which who whose "
-    "whether when where while my your his her our their its this these those is are was were be been am will "
+    "a an the to of for in on at by with from into about and or but so because if than that which who whose whom "
+    "whether when where while why how what my your his her our their its this these those is are was were be been am will "
     "would could should can may might must do does did have has had i we you they he she it me us them "
     "not very really just also like as um uh".split()
 )
