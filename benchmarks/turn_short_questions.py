@@ -69,7 +69,9 @@ def main() -> None:
             print(f"| {q} | " + " | ".join(f"{scores[n][q][0]:.3f}" for n in names) + " |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({n: {q: {"p": p, "wait_s": w} for q, (p, w) in s.items()} for n, s in scores.items()}, f, indent=1)
+            json.dump(
+                {n: {q: {"p": p, "wait_s": w} for q, (p, w) in s.items()} for n, s in scores.items()}, f, indent=1
+            )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ VOICED_GROUP_BASE = 1_000_000  # source-sentence groups of the voiced examples (
 # question made of such a word alone ("Why?", "How?") is not cut: turns of three words or fewer stay whole.
 OPEN_WORDS = frozenset(
     "a an the to of for in on at by with from into about and or but so because if than that which who whose whom "
-    "whether when where while why how what my your his her our their its this these those is are was were be been am will "
-    "would could should can may might must do does did have has had i we you they he she it me us them "
+    "whether when where while why how what my your his her our their its this these those is are was were be been "
+    "am will would could should can may might must do does did have has had i we you they he she it me us them "
     "not very really just also like as um uh".split()
 )
 SHORT_TURNS = (
@@ -77,7 +77,12 @@ WORDS = "gravity|a noun|democracy|a haiku|photosynthesis|an atom|a comet|inflati
 
 def short_question(rng: random.Random) -> str:
     """A short, complete question of the kind people ask a voice assistant (3-8 words)."""
-    animal, animals, adjective, thing = rng.choice(ANIMAL), rng.choice(ANIMALS), rng.choice(ADJECTIVES), rng.choice(THINGS)
+    animal, animals, adjective, thing = (
+        rng.choice(ANIMAL),
+        rng.choice(ANIMALS),
+        rng.choice(ADJECTIVES),
+        rng.choice(THINGS),
+    )
     who, verb, people = rng.choice(SUBJECTS), rng.choice(VERBS), rng.choice(PEOPLE)
     a, b = rng.randint(2, 20), rng.randint(2, 12)
     options = [
@@ -229,7 +234,12 @@ def heldout_filter() -> DevFilter:
     from training.synth import DEV_SENTENCES
 
     return DevFilter(
-        DEV_SENTENCES, HELDOUT_SENTENCES, TURN_PAUSES, TURN_COMPLETE, TURN_DEV_TURNS, TURN_SHORT_QUESTIONS,
+        DEV_SENTENCES,
+        HELDOUT_SENTENCES,
+        TURN_PAUSES,
+        TURN_COMPLETE,
+        TURN_DEV_TURNS,
+        TURN_SHORT_QUESTIONS,
         CONVERSATION_QUESTIONS,
     )
 
