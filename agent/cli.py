@@ -331,6 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speech-lr", type=float, default=0.0, help="peak learning rate of the speech parts (0 = 1e-3)")
     p.add_argument("--val-every", type=int, default=0, help="steps between validations (0 = 50)")
     p.add_argument("--lora-rank", type=int, default=0, help="LoRA rank of a new run (0 = 32)")
+    p.add_argument(
+        "--phone-weight",
+        type=float,
+        default=None,
+        help="weight of the auxiliary frame-phoneme loss of a new run (default 0.2; 0 = no phoneme head)",
+    )
     p.add_argument("--save-every-s", type=float, default=0.0, help="seconds between resumable checkpoints (0 = 180)")
     p.add_argument(
         "--precision",

@@ -11,7 +11,9 @@ Prediction targets (training) and decisions (inference):
 - every text position predicts the next reply text token, in reading order, skipping the phoneme,
   duration and frame positions between them; the last text token predicts ``<|im_end|>``;
 - the last text position before D_j predicts k_j (the duration head);
-- the frames of a span are filled by masked diffusion; they attend to each other both ways.
+- the frames of a span are filled by masked diffusion; they attend to each other both ways;
+- a frame may also carry the phoneme it voices (from the aligner), the target of an auxiliary
+  head that teaches frames where in their chunk's phonemes they are (training only).
 
 One frame is one position; its codes live in ``codes`` (G values in ``0..K-1``, or :data:`MASK`
 per code while undecided). :class:`Positions` is the one builder of positions: training lays out a
@@ -51,6 +53,8 @@ class Chunk:
 class Positions:
     """A growing list of positions: kind, token, codes, span id, slot and targets per row."""
 
+    FIELDS = ("kinds", "tokens", "codes", "span", "slot", "text_target", "dur_target", "phone_target")
+
     def __init__(self, groups: int):
         self.groups = groups
         self.kinds: list[int] = []
@@ -60,6 +64,7 @@ class Positions:
         self.slot: list[int] = []  # a FRAME's index within its span, -1 elsewhere
         self.text_target: list[int] = []  # next text token (training), or IGNORE
         self.dur_target: list[int] = []  # length of the next span (training), or IGNORE
+        self.phone_target: list[int] = []  # a FRAME's aligned phoneme class (training), or IGNORE
 
     def __len__(self) -> int:
         return len(self.kinds)
@@ -72,6 +77,7 @@ class Positions:
         self.slot.append(slot)
         self.text_target.append(IGNORE)
         self.dur_target.append(IGNORE)
+        self.phone_target.append(IGNORE)
 
     def add_text(self, tokens: list[int]) -> None:
         """Text tokens (prompt or reply)."""
@@ -83,12 +89,19 @@ class Positions:
         for p in ids:
             self._add(Kind.PHONE, p)
 
-    def add_span(self, frames: torch.Tensor | list[list[int]], span: int) -> None:
-        """D (the span's length) and its frames [k, G] (codes, MASK where undecided)."""
+    def add_span(
+        self, frames: torch.Tensor | list[list[int]], span: int, phones: torch.Tensor | list[int] | None = None
+    ) -> None:
+        """D (the span's length) and its frames [k, G] (codes, MASK where undecided), with their phonemes [k]."""
         rows = frames.tolist() if isinstance(frames, torch.Tensor) else frames
+        labels = phones.tolist() if isinstance(phones, torch.Tensor) else phones
+        if labels is not None and len(labels) != len(rows):
+            raise ValueError(f"{len(labels)} phoneme labels for a span of {len(rows)} frames")
         self._add(Kind.DUR, len(rows))
         for i, row in enumerate(rows):
             self._add(Kind.FRAME, len(rows), [int(c) for c in row], span, i)
+            if labels is not None:
+                self.phone_target[-1] = int(labels[i])
 
     def last_text_index(self) -> int:
         """Index of the last TEXT position (where the next token and the next duration are predicted)."""
@@ -100,34 +113,36 @@ class Positions:
     def head(self, count: int) -> Positions:
         """A new list of the first ``count`` rows."""
         out = Positions(self.groups)
-        for name in ("kinds", "tokens", "codes", "span", "slot", "text_target", "dur_target"):
+        for name in self.FIELDS:
             setattr(out, name, getattr(self, name)[:count])
         return out
 
     def concat(self, other: Positions) -> Positions:
         """A new list: these rows, then ``other``'s."""
         out = Positions(self.groups)
-        for name in ("kinds", "tokens", "codes", "span", "slot", "text_target", "dur_target"):
+        for name in self.FIELDS:
             setattr(out, name, getattr(self, name) + getattr(other, name))
         return out
 
     def tensors(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        """Rows as tensors: kinds/tokens/span/slot/text_target/dur_target [L], codes [L, G]."""
+        """Rows as tensors: codes [L, G], every other field [L]."""
         long = {"dtype": torch.long, "device": device}
-        out = {
-            name: torch.tensor(getattr(self, name), **long)
-            for name in ("kinds", "tokens", "span", "slot", "text_target", "dur_target")
-        }
+        out = {name: torch.tensor(getattr(self, name), **long) for name in self.FIELDS if name != "codes"}
         out["codes"] = torch.tensor(self.codes, **long).reshape(len(self), self.groups)
         return out
 
 
 def build_reply(
-    prompt_ids: list[int], chunks: list[Chunk], codes: torch.Tensor, end_token: int
+    prompt_ids: list[int],
+    chunks: list[Chunk],
+    codes: torch.Tensor,
+    end_token: int,
+    phones: torch.Tensor | None = None,
 ) -> tuple[Positions, int]:
     """The training layout of a prompt and a reply voiced by ``codes`` [F, G]; returns (positions, reply start).
 
-    ``chunks`` carry their span lengths, which must sum to F.
+    ``chunks`` carry their span lengths, which must sum to F; ``phones`` [F] are the frames'
+    aligned phoneme classes (the auxiliary head's targets), if known.
     """
     if codes.ndim != 2:
         raise ValueError(f"codes must be [frames, groups], got shape {tuple(codes.shape)}")
@@ -137,6 +152,8 @@ def build_reply(
         raise ValueError(
             f"span lengths {[c.frames for c in chunks]} must be >= 1 and sum to the {codes.shape[0]} frames"
         )
+    if phones is not None and phones.shape != codes.shape[:1]:
+        raise ValueError(f"phones {tuple(phones.shape)} must give one label per frame of codes {tuple(codes.shape)}")
     pos = Positions(codes.shape[1])
     pos.add_text(prompt_ids)
     reply_start = len(pos)
@@ -160,7 +177,8 @@ def build_reply(
             write_text([end_token])
             pos.text_target[pos.last_text_index()] = IGNORE  # nothing is predicted after <|im_end|>
         pos.dur_target[pos.last_text_index()] = chunk.frames
-        pos.add_span(codes[starts[j] : starts[j + 1]], span=j)
+        cut = slice(starts[j], starts[j + 1])
+        pos.add_span(codes[cut], span=j, phones=None if phones is None else phones[cut])
     return pos, reply_start
 
 
@@ -209,8 +227,9 @@ def pack(sequences: list[Positions], row_length: int = 0) -> Packed:
             rows.append([i])
             room.append(max(row_length, n) - n)
     length = max(sum(len(sequences[i]) for i in row) for row in rows)
-    fill = {"kinds": int(Kind.PAD), "span": -1, "slot": -1, "text_target": IGNORE, "dur_target": IGNORE}
-    batch: dict[str, list[torch.Tensor]] = {k: [] for k in (*fill, "tokens", "codes")}
+    fill = {"kinds": int(Kind.PAD), "span": -1, "slot": -1}
+    fill |= {"text_target": IGNORE, "dur_target": IGNORE, "phone_target": IGNORE}
+    batch: dict[str, list[torch.Tensor]] = {k: [] for k in Positions.FIELDS}
     positions, segments = [], []
     for row in rows:
         parts = [sequences[i].tensors() for i in row]

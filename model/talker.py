@@ -5,7 +5,8 @@ state machine) is in :mod:`model.generate`. The layout it reads is :mod:`model.s
 
 - :class:`SpeechParams`: what the backbone does not have: embeddings of phonemes, span lengths
   and frames (the sum of a frame's G code embeddings, plus where it sits in its span), a head
-  predicting a frame's G codes in parallel, and a duration head.
+  predicting a frame's G codes in parallel, a duration head, and (training only) an auxiliary
+  head predicting the phoneme a frame voices.
 - :class:`Talker`: wraps any Hugging Face causal LM; :meth:`Talker.loss` for training,
   :meth:`Talker.stream` / :meth:`Talker.astream` for generation, ``save_trainable`` /
   ``load_trainable`` for the small checkpoint.
@@ -45,6 +46,7 @@ class TalkerConfig:
     lora_alpha: int = 64  # LoRA scaling numerator (scale = alpha / rank)
     lora_dropout: float = 0.0  # dropout on the LoRA input during training
     train_norms: bool = True  # the backbone's RMSNorm gains are trained (and saved) too
+    phone_classes: int = 0  # classes of the auxiliary frame-phoneme head (the codec's CTC classes); 0 = no head
 
 
 @dataclass
@@ -56,6 +58,7 @@ class NoiseConfig:
     text_weight: float = 1.0  # weight of the text loss (a KL to the teacher when one is given, see Talker.loss)
     dur_weight: float = 1.0  # weight of the duration loss
     audio_weight: float = 1.0  # weight of the diffusion loss
+    phone_weight: float = 0.2  # weight of the auxiliary frame-phoneme loss (when the talker has the head)
 
 
 class SpeechParams(nn.Module):
@@ -74,10 +77,14 @@ class SpeechParams(nn.Module):
         self.slot_from_end = nn.Embedding(config.max_span, hidden)
         self.head = nn.Linear(hidden, g * k)
         self.duration_head = nn.Linear(hidden, config.max_span + 1)
+        # dense alignment supervision: which phoneme a (masked) frame voices; unused in generation
+        self.phone_head = nn.Linear(hidden, config.phone_classes) if config.phone_classes else None
         for table in (self.phonemes, self.durations, self.slot_from_start, self.slot_from_end):
             nn.init.normal_(table.weight, std=init_std)
         nn.init.normal_(self.codes.weight, std=init_std / math.sqrt(g))
-        for head in (self.head, self.duration_head):
+        for head in (self.head, self.duration_head, self.phone_head):
+            if head is None:
+                continue
             nn.init.normal_(head.weight, std=0.02)
             nn.init.zeros_(head.bias)
         self.register_buffer("offsets", torch.arange(g) * (k + 1), persistent=False)
@@ -287,6 +294,8 @@ class Talker(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Text next-token CE + duration CE + masked-diffusion CE (mean over masked codes) on a packed batch.
 
+        With the phoneme head, plus ``phone_weight`` times the phoneme CE of the noised frames that
+        have a label (reported as ``phone``, with its accuracy ``phone_acc``).
         ``masked`` [B, L, G] overrides the random noise (evaluation). ``teacher`` [N, V]: logits of the
         untouched backbone for the N text targets, in the batch's reading order; the text loss is then
         KL(teacher || talker) per token (distillation keeps the backbone's text ability; the same
@@ -330,6 +339,14 @@ class Talker(nn.Module):
         else:
             audio = zero
         total = noise.text_weight * text_objective + noise.dur_weight * dur + noise.audio_weight * audio
+        labelled = noisy_frames & (rows["phone_target"] != IGNORE)
+        if self.speech.phone_head is not None and labelled.any():
+            logits = on_rows(self.speech.phone_head, h[labelled])
+            truth = rows["phone_target"][labelled]
+            phone = ce(logits, truth)
+            total = total + noise.phone_weight * phone
+            parts["phone"] = phone.detach()
+            parts["phone_acc"] = (logits.argmax(-1) == truth).float().mean()
         return {"loss": total, "text": text.detach(), "dur": dur.detach(), "audio": audio.detach(), **parts}
 
     # --- checkpoint ----------------------------------------------------------------------------
@@ -364,9 +381,11 @@ class Talker(nn.Module):
         save_file(state, str(tmp), metadata=meta)
         tmp.replace(path)
 
-    def load_trainable(self, path: str | os.PathLike) -> dict[str, Any]:
+    def load_trainable(self, path: str | os.PathLike, new_phone_head: bool = False) -> dict[str, Any]:
         """Read a :meth:`save_trainable` file into this talker; returns its extra metadata.
 
+        ``new_phone_head``: the file may lack the auxiliary phoneme head this talker has (a run
+        adding it to older weights); the head keeps its initialisation.
         Raises AssetError when the file is missing, corrupt, or made for another shape.
         """
         from safetensors import safe_open
@@ -387,6 +406,9 @@ class Talker(nn.Module):
             raise AssetError(f"talker checkpoint {path} is corrupt or not safetensors ({exc}); retrain it") from exc
         saved = json.loads(meta.get("talker_config", "{}"))
         mine = asdict(self.config)
+        if new_phone_head and not saved.get("phone_classes"):
+            saved["phone_classes"] = mine["phone_classes"]
+            state |= {k: v for k, v in self.trainable_state().items() if k.startswith("speech.phone_head.")}
         wrong = {k: (v, mine.get(k)) for k, v in saved.items() if mine.get(k) != v}
         if not saved or wrong or meta.get("hidden") != str(self._hidden_size()):
             raise AssetError(
@@ -489,9 +511,18 @@ def default_config(codec: Any, **overrides: Any) -> TalkerConfig:
     """The talker shape for ``codec`` with this version's defaults."""
     from model.chunks import phoneme_vocab_size
 
-    return TalkerConfig(
-        groups=int(codec.groups), codebook_size=int(codec.codebook_size), phonemes=phoneme_vocab_size(), **overrides
-    )
+    fields = {
+        "groups": int(codec.groups),
+        "codebook_size": int(codec.codebook_size),
+        "phonemes": phoneme_vocab_size(),
+        "phone_classes": phone_classes(codec),
+    }
+    return TalkerConfig(**(fields | overrides))
+
+
+def phone_classes(codec: Any) -> int:
+    """Classes of the auxiliary phoneme head for ``codec``: its CTC classes (silence + phoneme symbols)."""
+    return len(codec.config.phonemes) + 1
 
 
 def saved_config(path: str | os.PathLike) -> TalkerConfig | None:

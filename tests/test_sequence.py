@@ -9,7 +9,7 @@ import torch
 from model.chunks import chunk_tokens, chunk_words, closes_chunk, phoneme_ids, phonemizer, starts_word
 from model.sampler import commit, guess_codes, unmask_counts
 from model.sequence import IGNORE, MASK, Chunk, Kind, Positions, allowed, build_reply, pack
-from training.align import align_clip, ctc_forced_align
+from training.align import SILENCE, align_clip, ctc_forced_align, frame_phonemes, silent_frames
 
 END = 99  # stands for <|im_end|>
 
@@ -67,6 +67,23 @@ def test_layout_of_a_reply():
     assert torch.equal(t["codes"][frames], codes)
     assert t["slot"][frames].tolist() == [0, 1, 0, 1, 2, 0] and t["span"][frames].tolist() == [0, 0, 1, 1, 1, 2]
     assert t["tokens"][frames].tolist() == [2, 2, 3, 3, 3, 1]  # a frame knows its span's length
+    assert (t["phone_target"] == IGNORE).all()  # no phoneme labels given: no auxiliary targets
+
+
+def test_frames_carry_their_phoneme_labels_and_nothing_else_does():
+    chunks, codes = _reply()
+    phones = torch.tensor([5, 5, 0, 7, 7, 9])
+    pos, _ = build_reply([1, 2], chunks, codes, END, phones)
+    t = pos.tensors()
+    frames = t["kinds"] == int(Kind.FRAME)
+    assert t["phone_target"][frames].tolist() == phones.tolist()
+    assert (t["phone_target"][~frames] == IGNORE).all()
+    packed = pack([pos, build_reply([1], chunks, codes, END)[0]], 64)
+    assert sorted(packed.tensors["phone_target"][packed.tensors["phone_target"] != IGNORE].tolist()) == sorted(
+        phones.tolist()
+    )
+    with pytest.raises(ValueError, match="one label per frame"):
+        build_reply([1, 2], chunks, codes, END, phones[:5])
 
 
 @pytest.mark.parametrize(
@@ -176,9 +193,32 @@ def test_align_clip_cuts_spans_at_chunk_onsets():
         lp[20 + i, :] = -20.0
         lp[20 + i, c] = 0.0
     spans = align_clip(text, lp, 12, symbols, 4)
-    assert [s.text for s in spans] == ["Hello", "big world."]
-    assert [s.frames for s in spans] == [5, 7] and spans[1].onset == 20
+    assert [s.text for s in spans.chunks] == ["Hello", "big world."]
+    assert [s.frames for s in spans.chunks] == [5, 7] and spans.chunks[1].onset == 20
     assert align_clip("...", lp, 12, symbols, 4) is None  # nothing to hear in punctuation
+    # phoneme labels: "Hello"'s phonemes from frame 0 (its first onset, step 2, is before frame 0's
+    # middle), the last one held through the silence unless it is marked silent, then "big world."
+    phones = spans.phones
+    assert len(phones) == 12 and phones[0] == targets[0]
+    assert phones[4] == targets[-1] and phones[5] == second[2]  # frame 5's middle: step 22
+    silent = np.zeros(12, dtype=bool)
+    silent[3:5] = True
+    quiet = align_clip(text, lp, 12, symbols, 4, silent).phones
+    assert quiet[3:5].tolist() == [SILENCE, SILENCE] and quiet[5:].tolist() == phones[5:].tolist()
+
+
+def test_frame_phonemes_follow_the_onsets():
+    # onsets at CTC steps 0, 5 and 13; frame middles at steps 2, 6, 10, 14, 18
+    assert frame_phonemes(np.array([0, 5, 13]), [3, 4, 8], 5, 4).tolist() == [3, 4, 4, 8, 8]
+    assert frame_phonemes(np.array([9]), [6], 3, 4).tolist() == [6, 6, 6]  # before the first onset: the first
+    quiet = np.array([False, False, True])
+    assert frame_phonemes(np.array([0, 5]), [3, 4], 3, 4, quiet).tolist() == [3, 4, SILENCE]
+
+
+def test_silent_frames_are_far_below_the_loudest():
+    frame = 1280
+    audio = np.concatenate([np.full(frame, 0.5), np.full(frame, 0.5 * 10 ** (-30 / 20)), np.zeros(frame // 2)])
+    assert silent_frames(audio.astype(np.float32), frame, 3).tolist() == [False, False, True]
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import threading
 
 import numpy as np
@@ -367,6 +368,45 @@ def test_checkpoint_roundtrip_and_errors(tokenizer, tmp_path):
     other = tiny_talker(tokenizer, codebook=16)
     with pytest.raises(AssetError, match="does not fit"):
         other.load_trainable(path)
+
+
+def test_phoneme_head_learns_frame_labels_and_joins_older_weights(tokenizer, tmp_path):
+    """The auxiliary head trains on the noised frames' labels; weights saved without it load into
+    a talker that has it only when asked (a run adding the head), and its loss is in the total."""
+    torch.manual_seed(0)
+    config = dataclasses.replace(tiny_config(), phone_classes=5)
+    talker = Talker(tiny_lm(len(tokenizer)), tokenizer, config).train()
+    pieces = chunk_tokens(tokenizer, "Good morning to you all.")
+    chunks = [Chunk(ids, phonemizer().ids(words), 3) for words, ids in pieces]
+    frames = 3 * len(chunks)
+    codes = torch.randint(0, 8, (frames, 2))
+    phones = torch.arange(frames) % 5
+    positions, _ = build_reply(talker.prompt_ids([]), chunks, codes, talker.end_token, phones)
+    packed = pack([positions])
+    params = [p for _, p in talker.trainable_parameters()]
+    opt = torch.optim.AdamW(params, lr=3e-3, weight_decay=0.0)
+    every = (packed.tensors["kinds"] == int(Kind.FRAME)).unsqueeze(-1).expand_as(packed.tensors["codes"])
+    first = talker.loss(packed, NoiseConfig(), masked=every)
+    without = talker.loss(packed, NoiseConfig(phone_weight=0.0), masked=every)
+    torch.testing.assert_close(first["loss"] - without["loss"], 0.2 * first["phone"])
+    for _ in range(100):  # every frame masked: its phoneme must come from the text, slot and span length
+        out = talker.loss(packed, NoiseConfig(), masked=every)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    out = talker.loss(packed, NoiseConfig(), masked=every)
+    assert float(out["phone"]) < 0.3 * float(first["phone"]) and float(out["phone_acc"]) > 0.9
+
+    older = tiny_talker(tokenizer)  # no phoneme head
+    path = tmp_path / "older.safetensors"
+    older.save_trainable(path)
+    fresh = Talker(tiny_lm(len(tokenizer)), tokenizer, config)
+    with pytest.raises(AssetError, match="does not fit"):
+        fresh.load_trainable(path)
+    head = fresh.speech.phone_head.weight.detach().clone()
+    fresh.load_trainable(path, new_phone_head=True)
+    assert torch.equal(fresh.speech.phone_head.weight, head)
+    assert torch.equal(fresh.speech.head.weight, older.speech.head.weight.half().float())
 
 
 def test_bad_input_is_refused(tokenizer):

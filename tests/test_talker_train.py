@@ -28,7 +28,8 @@ def aligned(tmp_path_factory, teacher):
 @pytest.mark.slow
 def test_alignment_covers_every_frame(aligned):
     from model.chunks import chunk_words
-    from training.align import read_aligned
+    from model.codec.codec import PHONEMES
+    from training.align import SILENCE, read_aligned
 
     folder, manifest = aligned
     assert manifest["items"] == len(TEXTS) and manifest["groups"] == 8
@@ -37,6 +38,11 @@ def test_alignment_covers_every_frame(aligned):
         assert sum(c["frames"] for c in item.chunks) == len(item.codes) and min(c["frames"] for c in item.chunks) >= 1
         onsets = [c["onset"] for c in item.chunks]
         assert onsets == sorted(onsets)
+        # every frame is labelled silence or one of the clip's own phonemes, and most frames are speech
+        assert item.phones is not None and len(item.phones) == len(item.codes)
+        own = {PHONEMES.index(c) + 1 for chunk in item.chunks for c in chunk["phonemes"] if c in PHONEMES}
+        assert set(item.phones.tolist()) <= own | {SILENCE}
+        assert (item.phones != SILENCE).mean() > 0.5
 
 
 @pytest.mark.slow
@@ -54,7 +60,7 @@ def test_train_resume_export_and_speak(aligned, tmp_path):
     run = tmp_path / "run"
     cfg = TrainConfig(positions_per_step=150, row_length=256, val_every=2, warmup=2, log_every=1)
     first = train(str(folder), str(run), minutes=5, steps=2, cfg=cfg)
-    assert first["step"] == 2 and {"audio_t1", "audio_t1_shuffled", "text_gap", "val_text_kl"} <= set(first)
+    assert first["step"] == 2 and {"audio_t1", "audio_t1_shuffled", "text_gap", "val_text_kl", "val_phone", "phone_t1_acc"} <= set(first)
     for name in ("last.pt", "last.safetensors", "log.jsonl"):
         assert (run / name).is_file(), name
     second = train(str(folder), str(run), minutes=5, steps=4, cfg=cfg)

@@ -48,7 +48,8 @@ def evaluate_tts(
         said.append(transcriber(result.samples) if len(result.samples) else "")
         firsts.append(result.first_audio_s)
         rtfs.append(result.rtf)
-        codes, spans = encode_and_align(codec, audio, text)
+        codes, alignment = encode_and_align(codec, audio, text)
+        spans = alignment.chunks if alignment is not None else None
         resynth.append(transcriber(codec.decode(torch.as_tensor(codes.astype(np.int64))[None])[0].cpu().numpy()))
         if spans is not None and len(spans) == len(chunk_tokens(talker.tokenizer, text)):
             cuts = np.cumsum([0] + [s.frames for s in spans])

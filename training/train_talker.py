@@ -32,7 +32,7 @@ from model.assets import AssetError
 from model.backbone import cast_frozen, resolve_precision
 from model.chunks import chunk_tokens, phoneme_ids
 from model.sequence import Chunk, Kind, Positions, build_reply, pack
-from model.talker import NoiseConfig, Talker, TalkerConfig, default_config, saved_config
+from model.talker import NoiseConfig, Talker, TalkerConfig, default_config, phone_classes, saved_config
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class TrainConfig:
     save_every_s: float = 180.0  # seconds between resumable checkpoints
     seed: int = 0  # data order and noise
     text_teacher: bool = True  # text loss against the untouched backbone's next-token distribution (keeps chat)
+    phone_weight: float = 0.2  # auxiliary frame-phoneme loss (dense alignment supervision); 0 = no phoneme head
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,9 @@ def examples_from(items: list, tokenizer, prompt: list[int], end_token: int, max
             Chunk(tokens, phoneme_ids(c["phonemes"]), c["frames"])
             for (_, tokens), c in zip(pieces, item.chunks, strict=True)
         ]
-        positions, _ = build_reply(prompt, chunks, torch.as_tensor(item.codes.astype("int64")), end_token)
+        phones = torch.as_tensor(item.phones.astype("int64")) if item.phones is not None else None
+        codes = torch.as_tensor(item.codes.astype("int64"))
+        positions, _ = build_reply(prompt, chunks, codes, end_token, phones)
         plain = prompt + [t for c in chunks for t in c.tokens] + [end_token]
         out.append(Example(item.id, item.text, positions, plain))
     return out, skipped
@@ -150,7 +153,8 @@ def validate(
 ) -> dict[str, float]:
     """Validation losses with fixed noise, and the text-dependence gap (the babble detector).
 
-    ``audio_t1``: CE of codes of whole-masked spans (every other span) given the true text;
+    ``audio_t1``: CE of codes of whole-masked spans (every other span) given the true text, and
+    ``phone_t1_acc``: how often the phoneme head names those frames' phonemes (with the head);
     ``audio_t1_shuffled``: the same with every clip's text and phoneme tokens taken from another clip
     (same positions otherwise). A model that listens to the text loses clearly more without it.
     With a ``teacher`` (the untouched backbone), ``val_text_kl``: KL(teacher || talker) per text token.
@@ -178,8 +182,11 @@ def validate(
             ("val_audio", noisy["audio"]),
             ("audio_t1", clean["audio"]),
             ("audio_t1_shuffled", swapped["audio"]),
+            ("val_phone", noisy.get("phone")),
+            ("phone_t1_acc", clean.get("phone_acc")),
         ):
-            sums[key] = sums.get(key, 0.0) + float(value) / len(starts)
+            if value is not None:
+                sums[key] = sums.get(key, 0.0) + float(value) / len(starts)
     sums["text_gap"] = sums["audio_t1_shuffled"] - sums["audio_t1"]
     talker.train()
     return {k: round(v, 4) for k, v in sums.items()}
@@ -330,13 +337,17 @@ def train(
         config = saved_config(seed_from)
         if config is None:
             raise AssetError(f"--init {seed_from}: not a talker checkpoint (missing or corrupt); give a .safetensors")
+        if cfg.phone_weight and not config.phone_classes:  # older weights: the run adds the phoneme head
+            config = dataclasses.replace(config, phone_classes=phone_classes(codec))
     else:
         config = default_config(codec, **(talker_overrides or {}))
+        if not cfg.phone_weight:
+            config.phone_classes = 0
     torch.manual_seed(cfg.seed)
     talker = Talker.from_backbone(backbone, config)
     seeded: dict = {}
     if seed_from is not None:
-        seeded = talker.load_trainable(seed_from)
+        seeded = talker.load_trainable(seed_from, new_phone_head=True)
         log.info("new run started from %s (its step %s)", seed_from, seeded.get("step", "unknown"))
     prompt = talker.prompt_ids([])
     dtype = matmul_dtype(precision)
@@ -448,7 +459,7 @@ def train(
         with_ema(lambda: model.save_trainable(run_dir / "last.safetensors", info()))
         loss_png(history, run_dir / "loss.png")
 
-    noise = NoiseConfig()
+    noise = NoiseConfig(phone_weight=cfg.phone_weight)
     start = time.monotonic()
     saved_at = start
     logf = (run_dir / "log.jsonl").open("a")
@@ -518,6 +529,8 @@ def run_train_talker(args: argparse.Namespace, settings) -> int:
         value = getattr(args, name, None)
         if value:
             setattr(cfg, name, value)
+    if getattr(args, "phone_weight", None) is not None:
+        cfg.phone_weight = args.phone_weight
     overrides = {"lora_rank": args.lora_rank, "lora_alpha": 2 * args.lora_rank} if args.lora_rank else {}
     record = train(
         args.data,
