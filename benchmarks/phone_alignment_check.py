@@ -55,6 +55,7 @@ import numpy as np
 
 from model.codec.codec import CTC_PER_FRAME, FRAME_SAMPLES, PHONEMES, SpeechCodec
 from training.align import SILENCE, ctc_forced_align, encode_and_align, frame_phonemes, silent_frames
+from training.teacher import piper_voice
 
 if TYPE_CHECKING:
     from piper import PiperVoice
@@ -98,31 +99,6 @@ class Clip:
 
 
 # --- the teacher, with alignments ------------------------------------------------------------
-
-
-def aligning_voice(threads: int = 1) -> PiperVoice:
-    """The teacher voice (as training/teacher.py loads it) with Piper's duration output exposed.
-
-    ``PiperVoice.load(include_alignments=True)`` would do the patching but takes no session
-    options, and onnxruntime then uses every core whatever OMP_NUM_THREADS says.
-    """
-    import onnx
-    import onnxruntime
-    from piper import PiperConfig, PiperVoice
-    from piper.patch_voice_with_alignment import add_alignment_output
-
-    from model.assets import PIPER_VOICE, locate
-
-    path = locate(PIPER_VOICE, None)
-    model = onnx.load(str(path))
-    add_alignment_output(model)  # marks the durations (w_ceil) as a graph output, in memory only
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = threads
-    session = onnxruntime.InferenceSession(
-        model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
-    )
-    config = PiperConfig.from_dict(json.loads(Path(f"{path}.json").read_text(encoding="utf-8")))
-    return PiperVoice(config=config, session=session)
 
 
 def voice_clip(voice: PiperVoice, text: str, length_scale: float, steady: bool) -> Clip:
@@ -492,7 +468,7 @@ def main() -> None:
     from model.codec import load_codec
 
     torch.set_num_threads(1)
-    codec, voice, rng = load_codec(args.codec), aligning_voice(), random.Random(args.seed)
+    codec, voice, rng = load_codec(args.codec), piper_voice(threads=1, alignments=True), random.Random(args.seed)
     texts = [line.strip() for line in SENTENCES.read_text().splitlines() if line.strip()][: args.sentences]
     clips = [voice_clip(voice, text, rng.uniform(*LENGTH_SCALES), args.steady) for text in texts]
     compared = [(clip, c) for clip in clips if (c := compare_clip(codec, clip)) is not None]

@@ -9,7 +9,17 @@ import torch
 from model.chunks import chunk_tokens, chunk_words, closes_chunk, phoneme_ids, phonemizer, starts_word
 from model.sampler import commit, guess_codes, unmask_counts
 from model.sequence import IGNORE, MASK, Chunk, Kind, Positions, allowed, build_reply, pack
-from training.align import SILENCE, align_clip, ctc_forced_align, frame_phonemes, silent_frames
+from training.align import (
+    SILENCE,
+    align_clip,
+    align_encoded,
+    ctc_forced_align,
+    frame_phonemes,
+    match_chunks,
+    silent_frames,
+    teacher_align,
+)
+from training.synth import Timing
 
 END = 99  # stands for <|im_end|>
 
@@ -176,7 +186,8 @@ def test_ctc_forced_alignment_finds_the_path():
     assert ctc_forced_align(lp, []).tolist() == []
 
 
-def test_align_clip_cuts_spans_at_chunk_onsets():
+def _ctc_clip() -> tuple[str, np.ndarray, str]:
+    """A text, CTC log-probs that voice it, and the phoneme symbols they index."""
     text = "Hello big world."  # chunks: "Hello" | "big world."
     symbols = "".join(sorted(set(phonemizer().symbols(text).replace(" ", ""))))
     index = {p: i + 1 for i, p in enumerate(symbols)}
@@ -192,7 +203,16 @@ def test_align_clip_cuts_spans_at_chunk_onsets():
     for i, c in enumerate(second):
         lp[20 + i, :] = -20.0
         lp[20 + i, c] = 0.0
+    return text, lp, symbols
+
+
+def test_align_clip_cuts_spans_at_chunk_onsets():
+    text, lp, symbols = _ctc_clip()
+    index = {p: i + 1 for i, p in enumerate(symbols)}
+    targets = [index[c] for c in phonemizer().symbols("Hello").replace(" ", "")]
+    second = [index[c] for c in phonemizer().symbols("big world.").replace(" ", "")]
     spans = align_clip(text, lp, 12, symbols, 4)
+    assert spans.aligned_by == "ctc"
     assert [s.text for s in spans.chunks] == ["Hello", "big world."]
     assert [s.frames for s in spans.chunks] == [5, 7] and spans.chunks[1].onset == 20
     assert align_clip("...", lp, 12, symbols, 4) is None  # nothing to hear in punctuation
@@ -205,6 +225,76 @@ def test_align_clip_cuts_spans_at_chunk_onsets():
     silent[3:5] = True
     quiet = align_clip(text, lp, 12, symbols, 4, silent).phones
     assert quiet[3:5].tolist() == [SILENCE, SILENCE] and quiet[5:].tolist() == phones[5:].tolist()
+
+
+# "Hello big world." as Piper times it, in CTC steps of 320 samples (4 to a 1280-sample frame)
+HELLO_TIMED = [
+    ("^", 3), ("h", 2), ("ə", 1), ("l", 3), ("ˈ", 2), ("o", 2), ("ʊ", 2),  # "Hello": steps 3-15
+    (" ", 4), ("b", 2), ("ˈ", 1), ("ɪ", 2), ("ɡ", 2),  # the space before "big" starts at step 15
+    (" ", 1), ("w", 2), ("ˈ", 1), ("ɜ", 3), ("ː", 2), ("l", 2), ("d", 2), (".", 4), ("$", 3),  # 46 steps
+]  # fmt: skip
+
+
+def _timing(steps: list[tuple[str, int]]) -> Timing:
+    return Timing([s for s, _ in steps], (np.cumsum([n for _, n in steps]) * 320).tolist())
+
+
+def test_teacher_timing_gives_spans_onsets_and_labels():
+    from model.codec.codec import PHONEMES
+
+    assert phonemizer().symbols("Hello") == "həlˈoʊ" and phonemizer().symbols("big world.") == "bˈɪɡ wˈɜːld"
+    aligned = teacher_align("Hello big world.", _timing(HELLO_TIMED), 12, PHONEMES, 1280, 4)
+    assert aligned.aligned_by == "teacher"
+    # "big world." starts with the space before it (step 15 = frame 3.75, so at frame 4), not at its
+    # /b/ (step 19); "Hello" starts after the leading "^", at step 3
+    assert [(c.text, c.frames, c.onset) for c in aligned.chunks] == [("Hello", 4, 3), ("big world.", 8, 15)]
+    # frame f's middle is step 4f + 2: in "^", /l/, the stress mark before /o/ (so /o/), /ʊ/, the space
+    # before /b/ (so /b/), /ɪ/, the space before /w/, /ɜ/, /ː/, /d/, the full stop; the last frame's
+    # middle is past the audio
+    cls = {p: i + 1 for i, p in enumerate(PHONEMES)}
+    expected = [SILENCE] + [cls[p] for p in "loʊbɪwɜːd"] + [SILENCE, SILENCE]
+    assert aligned.phones.tolist() == expected
+
+
+def test_teacher_timing_that_does_not_match_falls_back_to_ctc():
+    from model.codec.codec import PHONEMES
+
+    other = [
+        ("^", 3),
+        ("ɡ", 4),
+        ("ˈ", 2),
+        ("ʊ", 4),
+        ("d", 4),
+        (" ", 2),
+        ("n", 4),
+        ("ˈ", 2),
+        ("a", 2),
+        ("ɪ", 2),
+        ("t", 4),
+    ]
+    other += [(".", 4), ("$", 3)]  # "Good night."
+    assert teacher_align("Hello big world.", _timing(other), 12, PHONEMES, 1280, 4) is None
+    assert teacher_align("Hello big world.", _timing(HELLO_TIMED), 3, PHONEMES, 1280, 4) is None  # spans don't fit
+    # align_encoded: the teacher when it matches, else CTC (here on log-probs that put "big world." at frame 5)
+    text, lp, symbols = _ctc_clip()
+    audio = np.zeros(12 * 1280, dtype=np.float32)
+    ctc = align_encoded(text, audio, lp, 12, symbols, _timing(other))
+    assert ctc.aligned_by == "ctc" and [c.frames for c in ctc.chunks] == [5, 7]
+    assert align_encoded(text, audio, lp, 12, symbols, None).aligned_by == "ctc"
+    timed = align_encoded(text, audio, lp, 12, symbols, _timing(HELLO_TIMED))
+    assert timed.aligned_by == "teacher" and [c.frames for c in timed.chunks] == [4, 8]
+
+
+def test_chunks_find_their_teacher_phonemes():
+    chunks = [list(range(1, 9)), list(range(9, 17))]  # the second chunk's first phoneme is 9, at position 8
+    said = list(range(1, 17))
+    assert match_chunks(chunks, said) == [0, 8]
+    assert match_chunks(chunks, [30] + said) == [1, 9]  # the teacher said one more before
+    assert match_chunks(chunks, said[:8] + [30] + said[9:]) == [0, 8]  # the first phoneme said otherwise
+    assert match_chunks(chunks, said[:7] + [30, 31] + said[9:]) == [0, 8]  # inside a run said as long
+    assert match_chunks(chunks, said[:8] + said[9:]) is None  # its first phoneme unsaid
+    assert match_chunks(chunks, said[:7] + [30, 31] + said[10:]) is None  # inside a run said shorter
+    assert match_chunks(chunks, list(range(40, 56))) is None  # another text
 
 
 def test_frame_phonemes_follow_the_onsets():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from training import synth
-from training.synth import DevFilter, SynthConfig, read_corpus, split_sentences, synthesize, template_sentence
+from training.synth import DevFilter, SynthConfig, Timing, read_corpus, split_sentences, synthesize, template_sentence
 
 
 def test_dev_filter_rejects_exact_and_near_duplicates(tmp_path):
@@ -51,6 +51,15 @@ def test_synth_builds_shards_and_resumes(tmp_path, monkeypatch, teacher):
         assert it.audio.dtype == np.float32 and np.abs(it.audio).max() > 0.05  # real speech, 16 kHz
         assert 0.5 < len(it.audio) / 16000 < 6
         assert sum(ch.isalpha() for ch in it.phonemes) >= 3  # espeak phonemes came along
+    # every line carries the teacher's timing of its symbols, which covers exactly its audio
+    lines = [json.loads(line) for jsonl in sorted(tmp_path.glob("shard_*.jsonl")) for line in jsonl.open()]
+    for line, it in zip(lines, items, strict=True):
+        timing = line["timing"]
+        assert it.timing == Timing(timing["symbols"], timing["ends"])
+        assert len(timing["symbols"]) == len(timing["ends"]) and timing["ends"][-1] == line["samples"]
+        assert np.all(np.diff([0] + timing["ends"]) >= 0) and timing["ends"][-2] < line["samples"]
+        # Piper's symbols are the line's phonemes, each sentence between "^" and "$"
+        assert "".join(timing["symbols"]).replace("$^", " ").strip("^$") == line["phonemes"]
 
     # a second run finds every shard finished and voices nothing
     def fail(job):
@@ -66,6 +75,14 @@ def test_synth_builds_shards_and_resumes(tmp_path, monkeypatch, teacher):
     monkeypatch.setattr(synth, "_voice_shard", lambda job: calls.append(job[1]) or original(job))
     assert synthesize(tmp_path, config, texts=texts)["items"] == 3
     assert calls == [1]
+
+
+def test_timing_is_kept_in_16k_samples_and_optional():
+    timing = Timing.at_16k([("^", 2205), ("h", 4410), ("$", 2205)], 22_050, 6400)  # 0.1 s, 0.2 s, 0.1 s
+    assert timing == Timing(["^", "h", "$"], [1600, 4800, 6400])
+    assert Timing.at_16k([("^", 2205), ("h", 4410), ("$", 2205)], 22_050, 6399).ends == [1600, 4800, 6399]
+    assert Timing.from_json(json.loads(json.dumps(timing.as_json()))) == timing
+    assert Timing.from_json(None) is None  # a corpus voiced without timing
 
 
 def test_default_filter_keeps_dev_and_heldout_sentences_out_of_training():

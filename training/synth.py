@@ -4,8 +4,16 @@ Layout of a corpus folder ``DIR``::
 
     texts.jsonl                 every text, in order: {"id", "text", "source"} (appended, never rewritten)
     shard_00000.npz             int16 audio of the shard's items, concatenated, with their offsets
-    shard_00000.jsonl           one line per item: {"id", "text", "phonemes", "samples", "seconds"}
+    shard_00000.jsonl           one line per item: {"id", "text", "phonemes", "samples", "seconds", "timing"}
     manifest.json               counts and hours over the finished shards
+
+``timing`` is how long the teacher held each of its symbols, from Piper's own duration predictor
+(the voice patched in memory, :func:`training.teacher.piper_voice`): ``{"symbols": [...], "ends":
+[...]}``, Piper's symbols in order (phonemes, stress marks, word spaces, punctuation, and every
+sentence's ``^`` and ``$``) and the 16 kHz sample one past each one's end, so symbol ``i`` spans
+``[ends[i - 1], ends[i])`` and the last end is ``samples``. The durations must be saved when the
+audio is made: Piper's sampling noise changes them on every voicing. Items voiced without them
+(no ``onnx``, or an older corpus) have no ``timing``, and :mod:`training.align` aligns those by CTC.
 
 Shard ``i`` holds texts ``[i * shard_size, (i + 1) * shard_size)``. A shard is finished when its
 JSONL exists (written last, atomically) with one line per text it covers, so a second run, or a
@@ -290,12 +298,37 @@ def build_texts(config: SynthConfig, out: Path, dev_filter: DevFilter | None = N
 # --- voicing ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Timing:
+    """The teacher's durations of one item's symbols, in 16 kHz samples (the module docstring's ``timing``)."""
+
+    symbols: list[str]  # Piper's symbols in order, every sentence's "^" and "$" included
+    ends: list[int]  # one past the last 16 kHz sample of each symbol; the first starts at 0
+
+    @staticmethod
+    def at_16k(timing: list[tuple[str, int]], rate: int, samples: int) -> Timing:
+        """Piper's (symbol, samples at ``rate``) as 16 kHz ends, the last one the resampled clip's ``samples``."""
+        ends = np.rint(np.cumsum([n for _, n in timing]) * (SAMPLE_RATE / rate)).astype(np.int64)
+        ends = np.minimum(ends, samples)
+        ends[-1] = samples  # resampling rounds the clip's length its own way
+        return Timing([symbol for symbol, _ in timing], ends.tolist())
+
+    def as_json(self) -> dict:
+        """The JSONL form."""
+        return {"symbols": self.symbols, "ends": self.ends}
+
+    @staticmethod
+    def from_json(value: dict | None) -> Timing | None:
+        """A corpus line's ``timing``, or None for a line without it."""
+        return None if value is None else Timing(list(value["symbols"]), list(value["ends"]))
+
+
 def _voice_shard(job: tuple[str, int, list[dict], int]) -> tuple[int, int, float]:
     """Voice one shard (in a worker process) and write it atomically; returns (index, items, seconds)."""
     out, index, items, seed = job
     from training.teacher import teacher_voice
 
-    voice = teacher_voice(threads=1)  # one worker process per core
+    voice = teacher_voice(threads=1, alignments=True)  # one worker process per core
     rng = random.Random(seed * 7919 + index)
     audio, lines = [], []
     for item in items:
@@ -303,15 +336,16 @@ def _voice_shard(job: tuple[str, int, list[dict], int]) -> tuple[int, int, float
         utt = voice.speak(item["text"], length_scale=rng.uniform(0.9, 1.12))
         samples = np.clip(to_mono_16k(utt.samples, utt.sample_rate), -1.0, 1.0)
         audio.append((samples * 32767).astype(np.int16))
-        lines.append(
-            {
-                "id": item["id"],
-                "text": item["text"],
-                "phonemes": "".join(utt.phonemes),
-                "samples": len(samples),
-                "seconds": round(len(samples) / SAMPLE_RATE, 3),
-            }
-        )
+        line = {
+            "id": item["id"],
+            "text": item["text"],
+            "phonemes": "".join(utt.phonemes),
+            "samples": len(samples),
+            "seconds": round(len(samples) / SAMPLE_RATE, 3),
+        }
+        if utt.timing is not None:
+            line["timing"] = Timing.at_16k(utt.timing, utt.sample_rate, len(samples)).as_json()
+        lines.append(line)
     base = Path(out) / f"shard_{index:05d}"
     offsets = np.cumsum([0] + [len(a) for a in audio]).astype(np.int64)
     tmp = base.with_suffix(".tmp.npz")
@@ -411,6 +445,7 @@ class CorpusItem:
     text: str  # the text that was voiced
     phonemes: str  # espeak phonemes, concatenated (spaces between words)
     audio: np.ndarray  # float32 mono at 16 kHz
+    timing: Timing | None = None  # the teacher's durations of its symbols (None: voiced without them)
 
 
 def read_corpus(folder: str | os.PathLike) -> list[CorpusItem]:
@@ -425,5 +460,6 @@ def read_corpus(folder: str | os.PathLike) -> list[CorpusItem]:
             audio, offsets = data["audio"], data["offsets"]
         for i, line in enumerate(lines):
             samples = audio[offsets[i] : offsets[i + 1]].astype(np.float32) / 32767
-            items.append(CorpusItem(id=line["id"], text=line["text"], phonemes=line["phonemes"], audio=samples))
+            timing = Timing.from_json(line.get("timing"))
+            items.append(CorpusItem(line["id"], line["text"], line["phonemes"], samples, timing))
     return items
