@@ -54,7 +54,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from model.codec.codec import CTC_PER_FRAME, FRAME_SAMPLES, PHONEMES, SpeechCodec
-from training.align import SILENCE, ctc_forced_align, encode_and_align, frame_phonemes, silent_frames
+from training.align import (
+    JOINS_NEXT,
+    SILENCE,
+    chunk_targets,
+    ctc_forced_align,
+    encode_and_align,
+    frame_phonemes,
+    phoneme_index,
+    silent_frames,
+)
 from training.teacher import piper_voice
 
 if TYPE_CHECKING:
@@ -63,9 +72,8 @@ if TYPE_CHECKING:
 SAMPLE_RATE = 16_000
 CTC_STEP_S = FRAME_SAMPLES / CTC_PER_FRAME / SAMPLE_RATE  # 20 ms
 SENTENCES = Path(__file__).resolve().parents[1] / "training" / "heldout_sentences.txt"
-JOINS_NEXT = "ˈˌ "  # stress marks and the word space: their audio belongs to the phoneme after them
 FRICATIVES = "sʃzf"  # hiss above 3.5 kHz: easy to tell from vowels and voiced consonants
-CLASS_OF = {symbol: i + 1 for i, symbol in enumerate(PHONEMES)}  # our CTC class ids (0 is SILENCE)
+CLASS_OF = phoneme_index(PHONEMES)  # our CTC class ids (0 is SILENCE)
 SYMBOL_OF = {i: s for s, i in CLASS_OF.items()} | {SILENCE: "sil"}
 LENGTH_SCALES = (0.9, 1.12)  # the corpus' speaking-rate range (training/synth.py, _voice_shard)
 SHIFTS = range(-2, 3)  # frames
@@ -198,14 +206,6 @@ def rule_evidence(clips: list[Clip]) -> dict[str, float]:
 
 
 # --- our side --------------------------------------------------------------------------------
-
-
-def chunk_targets(text: str) -> list[int]:
-    """The CTC targets ``align_clip`` builds for ``text``: every chunk's phonemes the head knows."""
-    from model.chunks import chunk_words, phonemizer, words_of
-
-    chunks = [" ".join(c) for c in chunk_words(words_of(text))]
-    return [CLASS_OF[c] for chunk in chunks for c in phonemizer().symbols(chunk) if c in CLASS_OF]
 
 
 def ctc_onsets(codec: SpeechCodec, audio: np.ndarray, targets: list[int]) -> np.ndarray | None:
@@ -406,7 +406,7 @@ def compare_clip(codec: SpeechCodec, clip: Clip) -> ClipComparison | None:
         return None
     frames = codes.shape[0]
     silent = silent_frames(clip.audio, FRAME_SAMPLES, frames)
-    targets = chunk_targets(clip.text)
+    targets = [t for chunk in chunk_targets(clip.text, CLASS_OF)[2] for t in chunk]
     onsets = ctc_onsets(codec, clip.audio, targets)
     # the onsets must be the ones behind the stored labels, or their lag says nothing about them
     assert np.array_equal(frame_phonemes(onsets, targets, frames, CTC_PER_FRAME, silent), alignment.phones)

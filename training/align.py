@@ -149,6 +149,11 @@ def cut_spans(
     return [AlignedChunk(c, strings[j], ends[j] - starts[j], int(onsets[j])) for j, c in enumerate(chunks)]
 
 
+def chunk_firsts(targets: list[list[int]]) -> list[int]:
+    """Index of each chunk's first target in the chunks' targets laid end to end."""
+    return np.cumsum([0] + [len(t) for t in targets[:-1]]).tolist()
+
+
 def phoneme_index(phoneme_symbols: str) -> dict[str, int]:
     """Symbol -> CTC class id (1 + its index; 0 is the blank, SILENCE)."""
     return {p: i + 1 for i, p in enumerate(phoneme_symbols)}
@@ -174,7 +179,7 @@ def align_clip(
     onsets = ctc_forced_align(ctc_log_probs, flat)
     if onsets is None:
         return None
-    first = onsets[np.cumsum([0] + [len(t) for t in targets[:-1]])].tolist()
+    first = onsets[chunk_firsts(targets)].tolist()
     spans = cut_spans(chunks, strings, [onset / per_frame for onset in first], first, frames)
     if spans is None:
         return None
@@ -239,7 +244,7 @@ def match_chunks(targets: list[list[int]], spoken: list[int]) -> list[int] | Non
         return None
     opcodes = matcher.get_opcodes()
     found = []
-    for first in np.cumsum([0] + [len(t) for t in targets[:-1]]).tolist():
+    for first in chunk_firsts(targets):
         tag, a1, a2, b1, b2 = next(op for op in opcodes if op[1] <= first < op[2])
         if not (tag == "equal" or (tag == "replace" and (first == a1 or a2 - a1 == b2 - b1))):
             return None
