@@ -339,6 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--save-every-s", type=float, default=0.0, help="seconds between resumable checkpoints (0 = 180)")
     p.add_argument(
+        "--speech-every",
+        type=int,
+        default=None,
+        help="steps between listening tests: held-out clips voiced and transcribed (default 250; 0 = none)",
+    )
+    p.add_argument(
         "--precision",
         choices=["auto", "bf16", "fp32"],
         default="auto",

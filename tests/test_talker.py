@@ -97,6 +97,9 @@ class FakeCodec:
     def stream_decoder(self) -> Decoder:
         return FakeCodec.Decoder()
 
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(FakeCodec.render(list(codes[0])))[None]
+
 
 def _summary(events) -> list[tuple]:
     out = []
@@ -577,3 +580,26 @@ def test_text_distillation_reads_the_teacher_in_the_batch_order(tokenizer):
     assert float(reported) == pytest.approx(float(hard["text"]))  # "text" stays the CE of the true tokens
     with pytest.raises(ValueError, match="must match the text targets"):
         talker.loss(packed, NoiseConfig(), teacher=soft[1:])
+
+
+def test_listening_test_scores_both_modes_and_leaves_the_talker_as_found(tokenizer):
+    from training.align import AlignedItem
+    from training.eval_tts import SpeechCheck
+
+    talker = tiny_talker(tokenizer).train()
+    text = "Good morning to you."
+    spans = len(chunk_tokens(tokenizer, text))
+    codes = np.random.default_rng(0).integers(0, 8, (3 * spans, 2)).astype(np.uint16)
+    right = AlignedItem(0, text, [{"frames": 3}] * spans, codes)
+    wrong = AlignedItem(1, text, [{"frames": 3 * spans}], codes)  # one span for several chunks: a failed alignment
+    true_length = 3 * spans * 1280
+
+    def transcriber(samples: np.ndarray) -> str:  # hears the words only in audio of the true length
+        return text if len(samples) == true_length else "something else entirely"
+
+    check = SpeechCheck(FakeCodec(), [right, wrong], transcriber)
+    heard = check(talker)
+    assert heard["wer_codec"] == 0 and heard["speech_clips"] == 2 and heard["speech_text"] == text
+    assert heard["wer_single_span"] == 50  # the true spans in the first clip, nothing for the unaligned one
+    assert heard["heard_single_span"] == text and 0 <= heard["wer_say"] <= 100
+    assert talker.training and talker.prompt_cache is None  # as found; no cache of these weights kept

@@ -63,7 +63,7 @@ def test_train_resume_export_and_speak(aligned, tmp_path):
 
     folder, _ = aligned
     run = tmp_path / "run"
-    cfg = TrainConfig(positions_per_step=150, row_length=256, val_every=2, warmup=2, log_every=1)
+    cfg = TrainConfig(positions_per_step=150, row_length=256, val_every=2, warmup=2, log_every=1, speech_every=4)
     first = train(str(folder), str(run), minutes=5, steps=2, cfg=cfg)
     reported = {"audio_t1", "audio_t1_shuffled", "text_gap", "val_text_kl", "val_phone", "phone_t1_acc"}
     assert first["step"] == 2 and reported <= set(first)
@@ -73,6 +73,9 @@ def test_train_resume_export_and_speak(aligned, tmp_path):
     assert second["step"] == 4  # resumed at 2, did 2 more
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "val_audio" in r] == [2, 4]
+    listened = [r for r in records if "wer_single_span" in r]  # the listening test, on the held-out clip
+    assert [r["step"] for r in listened] == [4] and listened[0]["wer_codec"] <= 50
+    assert listened[0]["speech_text"] in TEXTS and listened[0]["wer_say"] >= 0
     assert (run / "loss.png").is_file()
     seeded = tmp_path / "seeded"  # a new run seeded from the first one's weights, before any step
     train(str(folder), str(seeded), minutes=0, cfg=cfg, init=str(run / "last.safetensors"))

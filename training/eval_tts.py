@@ -33,8 +33,6 @@ def evaluate_tts(
 
     ``png``: log-mel spectrograms of the first sentence, the teacher's (top) above the talker's.
     """
-    from model.chunks import chunk_tokens
-    from model.generate import AudioChunk
     from model.say import say
     from training.align import encode_and_align
     from training.evaluate import spectrogram_png
@@ -49,16 +47,11 @@ def evaluate_tts(
         firsts.append(result.first_audio_s)
         rtfs.append(result.rtf)
         codes, alignment = encode_and_align(codec, audio, text)
-        spans = alignment.chunks if alignment is not None else None
-        resynth.append(transcriber(codec.decode(torch.as_tensor(codes.astype(np.int64))[None])[0].cpu().numpy()))
-        if spans is not None and len(spans) == len(chunk_tokens(talker.tokenizer, text)):
-            cuts = np.cumsum([0] + [s.frames for s in spans])
-            truth = [torch.as_tensor(codes[a:b].astype(np.int64)) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
-            chunks = talker.stream([], codec, text=text, options=options, teacher=truth)
-            pieces = [e.samples for e in chunks if isinstance(e, AudioChunk) and len(e.samples)]
-            single.append(transcriber(np.concatenate(pieces)) if pieces else "")
-        else:
-            single.append("")  # the teacher audio could not be aligned: scored as all words missed
+        resynth.append(transcriber(decode_codes(codec, codes)))
+        frames = [s.frames for s in alignment.chunks] if alignment is not None else []
+        samples = single_span_samples(talker, codec, text, codes, frames, options)
+        # unaligned teacher audio, or nothing voiced: scored as all words missed
+        single.append(transcriber(samples) if samples is not None and len(samples) else "")
     long = [i for i, s in enumerate(dev.sentences) if len(s.split()) >= LONG_WORDS]
     refs, teacher = dev.sentences, dev.transcripts
 
@@ -85,6 +78,80 @@ def evaluate_tts(
         for row in zip(refs, teacher, said, single, resynth, strict=True):
             per_sentence.append(dict(zip(("text", "teacher", "say", "single_span", "codec"), row, strict=True)))
     return out
+
+
+def decode_codes(codec, codes: np.ndarray) -> np.ndarray:
+    """16 kHz samples of codec ``codes`` [F, G] (a clip's resynthesis)."""
+    return codec.decode(torch.as_tensor(codes.astype(np.int64))[None])[0].cpu().numpy()
+
+
+def single_span_samples(talker, codec, text: str, codes: np.ndarray, frames: list[int], options) -> np.ndarray | None:
+    """The talker's audio for ``text`` with every span predicted from the true spans before it.
+
+    ``codes`` [F, G] are the true frames of the clip and ``frames`` its span lengths, one per chunk
+    of ``text``; None when they do not match the text's chunks (an alignment that failed).
+    """
+    from model.chunks import chunk_tokens
+    from model.generate import AudioChunk
+
+    if not frames or len(frames) != len(chunk_tokens(talker.tokenizer, text)) or sum(frames) > len(codes):
+        return None
+    cuts = np.cumsum([0] + list(frames))
+    truth = [torch.as_tensor(codes[a:b].astype(np.int64)) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    events = talker.stream([], codec, text=text, options=options, teacher=truth)
+    pieces = [e.samples for e in events if isinstance(e, AudioChunk) and len(e.samples)]
+    return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+
+
+class SpeechCheck:
+    """The training run's periodic listening test: a few held-out clips voiced and transcribed.
+
+    Each clip is voiced twice by the talker as its weights are now: free-running from its text
+    (``wer_say``, as ``ttt say`` does) and span by span from the true spans before each
+    (``wer_single_span``); ``wer_codec`` is the clips' own codes decoded, the ceiling, transcribed
+    once. Clips come from the aligned corpus, so the check needs neither the teacher voice nor new audio.
+    """
+
+    def __init__(self, codec, items: list, transcriber, options=None):
+        from model.generate import GenerationOptions
+
+        self.codec, self.items, self.transcriber = codec, list(items), transcriber
+        self.options = options or GenerationOptions()
+        self.refs = [item.text for item in self.items]
+        self.codec_transcripts = [transcriber(decode_codes(codec, item.codes)) for item in self.items]
+
+    def __call__(self, talker) -> dict:
+        """WERs (percent) of ``talker`` on the clips, beside the codec's; the talker is left as it was found."""
+        from model.say import say
+        from training.wer import word_error_rate
+
+        was_training = talker.training
+        talker.eval()
+        talker.prompt_cache = None  # a cache computed with other weights would be reused
+        said, single = [], []
+        try:
+            for item in self.items:
+                result = say(talker, self.codec, item.text, self.options)
+                said.append(self.transcriber(result.samples) if len(result.samples) else "")
+                frames = [c["frames"] for c in item.chunks]
+                samples = single_span_samples(talker, self.codec, item.text, item.codes, frames, self.options)
+                single.append(self.transcriber(samples) if samples is not None and len(samples) else "")
+        finally:
+            talker.prompt_cache = None
+            talker.train(was_training)
+
+        def wer(hyps: list[str]) -> float:
+            return round(100 * word_error_rate(self.refs, hyps), 2)
+
+        return {
+            "speech_clips": len(self.items),
+            "speech_text": self.refs[0] if self.refs else "",
+            "wer_say": wer(said),
+            "wer_single_span": wer(single),
+            "wer_codec": wer(self.codec_transcripts),
+            "heard_say": said[0] if said else "",
+            "heard_single_span": single[0] if single else "",
+        }
 
 
 def run_eval_tts(args: argparse.Namespace, settings) -> int:

@@ -55,6 +55,8 @@ class TrainConfig:
     seed: int = 0  # data order and noise
     text_teacher: bool = True  # text loss against the untouched backbone's next-token distribution (keeps chat)
     phone_weight: float = 0.2  # auxiliary frame-phoneme loss (dense alignment supervision); 0 = no phoneme head
+    speech_every: int = 250  # steps between listening tests (held-out clips voiced and transcribed); 0 = none
+    speech_clips: int = 6  # clips each listening test voices (the first validation clips)
 
 
 @dataclass(frozen=True)
@@ -358,10 +360,13 @@ def train(
         if dtype != torch.float32:
             cast_frozen(teacher, dtype, keep=(teacher.get_input_embeddings().weight,))
 
+    clips: dict = {}  # corpus id -> aligned clip, for the listening test
+
     def load_data() -> tuple[list[Example], list[Example], int]:
         """(validation, training examples, aligned shards): every clip with an id divisible by 97 validates."""
         shards = len(list(Path(data).glob("shard_*.jsonl")))
         items = read_aligned(data)
+        clips.update((item.id, item) for item in items)
         if limit:
             items = items[:limit]
         examples, skipped = examples_from(items, talker.tokenizer, prompt, talker.end_token, config.max_span)
@@ -377,6 +382,13 @@ def train(
 
     val, train_set, shards = load_data()
     real_positions = sum(len(e.positions) for e in train_set)
+    listen = None
+    if cfg.speech_every and accelerator.is_main_process:
+        from training.eval_tts import SpeechCheck
+        from training.evaluate import Transcriber
+
+        transcriber = Transcriber.load(settings.assets.whisper if settings else None, torch.get_num_threads())
+        listen = SpeechCheck(codec, [clips[e.id] for e in val[: cfg.speech_clips]], transcriber)
 
     named = talker.trainable_parameters()
     speech = [p for n, p in named if n.startswith("speech.")]
@@ -511,6 +523,14 @@ def train(
             logf.flush()
             history.append(record)
             log.info("validation at step %d: %s", step, metrics)
+        if listen is not None and step % cfg.speech_every == 0:
+            with autocast():
+                heard = with_ema(lambda: listen(model))
+            record = {"step": step, "epoch": round(batches.epoch, 3), **heard}
+            logf.write(json.dumps(record) + "\n")
+            logf.flush()
+            history.append(record)
+            log.info("listening test at step %d: %s", step, heard)
         if time.monotonic() - saved_at > cfg.save_every_s:
             save()
             saved_at = time.monotonic()
@@ -529,8 +549,9 @@ def run_train_talker(args: argparse.Namespace, settings) -> int:
         value = getattr(args, name, None)
         if value:
             setattr(cfg, name, value)
-    if getattr(args, "phone_weight", None) is not None:
-        cfg.phone_weight = args.phone_weight
+    for name in ("phone_weight", "speech_every"):  # flags where 0 means "none", not "the default"
+        if getattr(args, name, None) is not None:
+            setattr(cfg, name, getattr(args, name))
     overrides = {"lora_rank": args.lora_rank, "lora_alpha": 2 * args.lora_rank} if args.lora_rank else {}
     record = train(
         args.data,
