@@ -329,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--row-length", type=int, default=0, help="packed row length (0 = a row per sequence)")
     p.add_argument("--lr", type=float, default=0.0, help="peak LoRA learning rate (0 = 3e-4)")
     p.add_argument("--speech-lr", type=float, default=0.0, help="peak learning rate of the speech parts (0 = 1e-3)")
+    p.add_argument("--ema-decay", type=float, default=0.0, help="decay of the weights' EMA, per step (0 = 0.995)")
     p.add_argument("--val-every", type=int, default=0, help="steps between validations (0 = 50)")
     p.add_argument("--lora-rank", type=int, default=0, help="LoRA rank of a new run (0 = 32)")
     p.add_argument(

@@ -17,24 +17,28 @@ import json
 import torch
 
 from model.backbone import cast_frozen, load_backbone
-from model.talker import Talker, saved_config
+from model.talker import Talker, TalkerConfig, saved_config
 from training.align import read_aligned
 from training.train_talker import TrainConfig, examples_from, matmul_dtype, mixed_precision, validate
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="talker .safetensors")
+    parser.add_argument("checkpoint", help="talker .safetensors (EMA weights), or a run's last.pt (its live weights)")
     parser.add_argument("--data", default="data/aligned", help="aligned corpus (ttt data align)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = saved_config(args.checkpoint)
+    state = torch.load(args.checkpoint, weights_only=False) if args.checkpoint.endswith(".pt") else None
+    config = TalkerConfig(**state["talker_config"]) if state else saved_config(args.checkpoint)
     if config is None:
         raise SystemExit(f"{args.checkpoint}: not a talker checkpoint")
     backbone = load_backbone(None, None)
     talker = Talker.from_backbone(backbone, config)
-    talker.load_trainable(args.checkpoint)
+    if state:  # a run's resumable checkpoint: its live weights, not the EMA the run exports
+        talker.load_state_dict(state["trainable"], strict=False)
+    else:
+        talker.load_trainable(args.checkpoint)
     prompt = talker.prompt_ids([])
     dtype = matmul_dtype("auto")
     autocast = mixed_precision(talker, dtype)

@@ -47,7 +47,7 @@ class TrainConfig:
     speech_lr: float = 1e-3  # peak learning rate of the new speech parameters (random init)
     warmup: int = 50  # linear warm-up steps
     weight_decay: float = 0.01  # on matrices only
-    ema_decay: float = 0.999  # EMA of the trainable weights (what validation and export use)
+    ema_decay: float = 0.995  # EMA of the trainable weights (what validation and export use): about 200 steps
     val_items: int = 64  # clips held out for validation
     val_every: int = 50  # steps between validations
     log_every: int = 10  # steps between training-loss lines in log.jsonl
@@ -545,7 +545,7 @@ def run_train_talker(args: argparse.Namespace, settings) -> int:
     torch.set_num_threads(max(1, args.threads))  # the command's own flag wins over settings.torch_threads
     logging.basicConfig(level=logging.INFO)
     cfg = TrainConfig()
-    for name in ("positions_per_step", "row_length", "lr", "speech_lr", "val_every", "save_every_s"):
+    for name in ("positions_per_step", "row_length", "lr", "speech_lr", "ema_decay", "val_every", "save_every_s"):
         value = getattr(args, name, None)
         if value:
             setattr(cfg, name, value)
