@@ -97,6 +97,8 @@ class TalkerSettings:
     temperature: float = 0.0  # text sampling temperature; 0 = greedy
     code_temperature: float = 0.0  # audio code sampling temperature; 0 = greedy
     max_new_tokens: int = 256  # cap on reply text tokens
+    guidance: float = 1.0  # classifier-free guidance scale on the audio codes; 1 = none (one pass per step),
+    # > 1 runs a second pass with the reply's text hidden (a talker trained with text dropout)
     checkpoint: str | None = None  # trained talker safetensors; None = the shipped one, if any
     precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"  # the backbone's matmuls: auto = bf16 on a CPU
     # with AMX (as fast as int8 there, as accurate as fp32: TALKER_CARD.md), else fp32; int8 = dynamic int8 (CPU)

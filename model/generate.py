@@ -65,6 +65,7 @@ class GenerationOptions:
     code_temperature: float = 0.0  # audio code sampling temperature; 0 = greedy
     max_new_tokens: int = 256  # cap on reply text tokens
     seed: int | None = None  # seed for sampling (None: nondeterministic when sampling)
+    guidance: float = 1.0  # classifier-free guidance on the codes: 1 = none; > 1 needs a talker with text_null
 
     @classmethod
     def from_settings(cls, talker_settings: Any) -> GenerationOptions:
@@ -76,6 +77,7 @@ class GenerationOptions:
             temperature=s.temperature,
             code_temperature=s.code_temperature,
             max_new_tokens=s.max_new_tokens,
+            guidance=s.guidance,
         )
 
 
@@ -151,6 +153,43 @@ class GenerationState:
             self.done = self.done.concat(extra)
         self.last_hidden = h[-1] if keep or not len(extra) else None
         return h
+
+
+class UnconditionalBranch:
+    """Guidance's second context: the reply's positions with its text hidden, kept in step with the reply's.
+
+    It starts as a copy of the reply's state after the prompt (the prompt stays visible) and, before
+    each of its passes, takes on every position the reply has made final since, its text and
+    phonemes as :data:`model.sequence.Kind.NULL` (as training hides them). A span's diffusion pass
+    then runs in both, and the codes are chosen from ``log p_u + scale * (log p_c - log p_u)``.
+    """
+
+    def __init__(self, reply: GenerationState, scale: float):
+        talker = reply.talker
+        if not talker.config.text_null:
+            raise ValueError(
+                "guidance needs a talker trained with hidden text (text_null); this checkpoint has none: "
+                "set talker.guidance = 1"
+            )
+        self.scale, self.end_token = scale, talker.end_token
+        self.state = GenerationState(talker, reply.use_cache, reply.cancel)
+        if reply.use_cache:
+            self.state.cache = reply.cache.copy()
+        self.state.done = reply.done.concat(Positions(reply.done.groups))
+        self.state.pending = reply.pending.concat(Positions(reply.done.groups))
+        self.reply_start = len(reply.done) + len(reply.pending)
+
+    def logits(self, reply: GenerationState, span: Positions, conditional: torch.Tensor) -> torch.Tensor:
+        """Guided code log-probabilities [k, G, K] for ``span`` (the rows the reply just ran), given its logits."""
+        mine = len(self.state.done) + len(self.state.pending)
+        final = reply.done.concat(reply.pending)
+        hidden = final.hide_text(self.reply_start, self.end_token)
+        self.state.pending = self.state.pending.concat(hidden.tail(mine))
+        frames = len(span) - 1  # the span's D row, then its frames
+        h = self.state.forward(span, keep=False)[-frames:]
+        log_c = torch.log_softmax(conditional.float(), dim=-1)
+        log_u = torch.log_softmax(self.state.talker.speech.code_logits(h).float(), dim=-1)
+        return log_u + self.scale * (log_c - log_u)
 
 
 def prime(talker: Any, messages: list[dict[str, str]]) -> None:
@@ -399,6 +438,8 @@ def _reply(
             tail = decoder.flush() if decoder is not None else np.zeros(0, np.float32)
             yield AudioChunk(frames[:0], np.asarray(tail, dtype=np.float32), rate, final=True)
 
+    guide = UnconditionalBranch(state, options.guidance) if options.guidance != 1 else None
+
     def span(index: int, hidden: torch.Tensor, steps: int) -> torch.Tensor:
         """Decide span ``index``: its length from ``hidden``, then its codes by ``steps`` unmasking passes."""
         if teacher is not None:
@@ -410,7 +451,10 @@ def _reply(
             rows = Positions(groups)
             rows.add_span(frames, index)
             h = state.forward(rows, keep=False)[-length:]
-            codes, confidence = guess_codes(talker.speech.code_logits(h), options.code_temperature, generator)
+            logits = talker.speech.code_logits(h)
+            if guide is not None:
+                logits = guide.logits(state, rows, logits)
+            codes, confidence = guess_codes(logits, options.code_temperature, generator)
             frames = commit(frames, codes, confidence, count)
         state.pending.add_span(teacher[index] if teacher is not None else frames, index)
         return frames

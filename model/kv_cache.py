@@ -101,6 +101,15 @@ class PreallocatedLayer(DynamicLayer):
             self.length = 0
             self._expose()
 
+    def copy(self) -> PreallocatedLayer:
+        """An independent layer holding the same positions."""
+        out = PreallocatedLayer(self.capacity)
+        if self.is_initialized:
+            out.device, out.length, out.is_initialized = self.device, self.length, True
+            out._key_buffer, out._value_buffer = self._key_buffer.clone(), self._value_buffer.clone()
+            out._expose()
+        return out
+
     def batch_repeat_interleave(self, repeats: int) -> None:
         """Not supported: beam search needs a cache per beam."""
         raise NotImplementedError("a preallocated KV cache holds one sequence; use DynamicCache for beam search")
@@ -116,3 +125,9 @@ class PreallocatedCache(Cache):
     def __init__(self, config: Any, capacity: int):
         layers = config.get_text_config(decoder=True).num_hidden_layers
         super().__init__(layers=[PreallocatedLayer(capacity) for _ in range(layers)])
+
+    def copy(self) -> PreallocatedCache:
+        """An independent cache holding the same positions (a second branch of one generation starts from it)."""
+        out = PreallocatedCache.__new__(PreallocatedCache)
+        Cache.__init__(out, layers=[layer.copy() for layer in self.layers])
+        return out

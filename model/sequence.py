@@ -39,6 +39,7 @@ class Kind(IntEnum):
     DUR = 2  # the length of the span that follows (``token`` = k frames)
     FRAME = 3  # one audio frame (``codes``; ``slot`` = its index in the span, ``token`` = span length)
     PAD = 4  # batch padding; attends only to itself, never attended to
+    NULL = 5  # a reply text or phoneme position with its content hidden (guidance's unconditional branch)
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,22 @@ class Positions:
             if labels is not None:
                 self.phone_target[-1] = int(labels[i])
 
+    def hide_text(self, start: int, end_token: int) -> Positions:
+        """A new list with every text and phoneme position from ``start`` on made :data:`Kind.NULL`.
+
+        The model then hears the reply's audio and durations but not its words (classifier-free
+        guidance's unconditional branch); the end token stays, as it says where the last span
+        begins. Only audio is predicted in such a sequence: no text or duration targets remain.
+        """
+        out = self.concat(Positions(self.groups))
+        hidden = (int(Kind.TEXT), int(Kind.PHONE))
+        for i in range(start, len(out)):
+            if out.kinds[i] in hidden and not (out.kinds[i] == int(Kind.TEXT) and out.tokens[i] == end_token):
+                out.kinds[i], out.tokens[i] = int(Kind.NULL), 0
+        out.text_target = [IGNORE] * len(out)
+        out.dur_target = [IGNORE] * len(out)
+        return out
+
     def last_text_index(self) -> int:
         """Index of the last TEXT position (where the next token and the next duration are predicted)."""
         for i in range(len(self.kinds) - 1, -1, -1):
@@ -115,6 +132,13 @@ class Positions:
         out = Positions(self.groups)
         for name in self.FIELDS:
             setattr(out, name, getattr(self, name)[:count])
+        return out
+
+    def tail(self, start: int) -> Positions:
+        """A new list of the rows from ``start`` on."""
+        out = Positions(self.groups)
+        for name in self.FIELDS:
+            setattr(out, name, getattr(self, name)[start:])
         return out
 
     def concat(self, other: Positions) -> Positions:

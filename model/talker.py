@@ -47,6 +47,7 @@ class TalkerConfig:
     lora_dropout: float = 0.0  # dropout on the LoRA input during training
     train_norms: bool = True  # the backbone's RMSNorm gains are trained (and saved) too
     phone_classes: int = 0  # classes of the auxiliary frame-phoneme head (the codec's CTC classes); 0 = no head
+    text_null: bool = False  # a learned embedding for hidden text (classifier-free guidance's unconditional branch)
 
 
 @dataclass
@@ -79,8 +80,12 @@ class SpeechParams(nn.Module):
         self.duration_head = nn.Linear(hidden, config.max_span + 1)
         # dense alignment supervision: which phoneme a (masked) frame voices; unused in generation
         self.phone_head = nn.Linear(hidden, config.phone_classes) if config.phone_classes else None
-        for table in (self.phonemes, self.durations, self.slot_from_start, self.slot_from_end):
-            nn.init.normal_(table.weight, std=init_std)
+        # what a hidden text or phoneme position holds (Kind.NULL)
+        self.null_text = nn.Embedding(1, hidden) if config.text_null else None
+        tables = (self.phonemes, self.durations, self.slot_from_start, self.slot_from_end, self.null_text)
+        for table in tables:
+            if table is not None:
+                nn.init.normal_(table.weight, std=init_std)
         nn.init.normal_(self.codes.weight, std=init_std / math.sqrt(g))
         for head in (self.head, self.duration_head, self.phone_head):
             if head is None:
@@ -112,6 +117,9 @@ def on_rows(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     out = layer(hidden.reshape(-1, hidden.shape[-1]))
     return out.reshape(*hidden.shape[:-1], out.shape[-1])
 
+
+# Parts later versions added: (TalkerConfig field, their tensors' prefix); see Talker.load_trainable.
+NEW_PARTS = (("phone_classes", "speech.phone_head."), ("text_null", "speech.null_text."))
 
 INT8_KEEP = ("down_proj",)  # linear layers that stay fp32 when the talker is quantized (outlier inputs)
 
@@ -233,6 +241,10 @@ class Talker(nn.Module):
         out = torch.where(k == int(Kind.PHONE), phone.to(out.dtype), out)
         out = torch.where(k == int(Kind.DUR), dur.to(out.dtype), out)
         out = torch.where(k == int(Kind.FRAME), frames.to(out.dtype), out)
+        if speech.null_text is not None:
+            out = torch.where(k == int(Kind.NULL), speech.null_text.weight[0].to(out.dtype), out)
+        elif (kinds == int(Kind.NULL)).any():
+            raise ValueError("hidden text positions need a talker with text_null (trained for guidance)")
         return torch.where(k == int(Kind.PAD), torch.zeros_like(out), out)
 
     def hidden(
@@ -381,11 +393,12 @@ class Talker(nn.Module):
         save_file(state, str(tmp), metadata=meta)
         tmp.replace(path)
 
-    def load_trainable(self, path: str | os.PathLike, new_phone_head: bool = False) -> dict[str, Any]:
+    def load_trainable(self, path: str | os.PathLike, new_parts: bool = False) -> dict[str, Any]:
         """Read a :meth:`save_trainable` file into this talker; returns its extra metadata.
 
-        ``new_phone_head``: the file may lack the auxiliary phoneme head this talker has (a run
-        adding it to older weights); the head keeps its initialisation.
+        ``new_parts``: the file may lack parts this talker has and older weights did not (the
+        auxiliary phoneme head, the hidden-text embedding: a run adding them); they keep their
+        initialisation.
         Raises AssetError when the file is missing, corrupt, or made for another shape.
         """
         from safetensors import safe_open
@@ -406,9 +419,10 @@ class Talker(nn.Module):
             raise AssetError(f"talker checkpoint {path} is corrupt or not safetensors ({exc}); retrain it") from exc
         saved = json.loads(meta.get("talker_config", "{}"))
         mine = asdict(self.config)
-        if new_phone_head and not saved.get("phone_classes"):
-            saved["phone_classes"] = mine["phone_classes"]
-            state |= {k: v for k, v in self.trainable_state().items() if k.startswith("speech.phone_head.")}
+        for field, prefix in NEW_PARTS if new_parts else ():
+            if not saved.get(field):
+                saved[field] = mine[field]
+                state |= {k: v for k, v in self.trainable_state().items() if k.startswith(prefix)}
         wrong = {k: (v, mine.get(k)) for k, v in saved.items() if mine.get(k) != v}
         if not saved or wrong or meta.get("hidden") != str(self._hidden_size()):
             raise AssetError(
@@ -516,6 +530,7 @@ def default_config(codec: Any, **overrides: Any) -> TalkerConfig:
         "codebook_size": int(codec.codebook_size),
         "phonemes": phoneme_vocab_size(),
         "phone_classes": phone_classes(codec),
+        "text_null": True,
     }
     return TalkerConfig(**(fields | overrides))
 

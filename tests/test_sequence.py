@@ -96,6 +96,25 @@ def test_frames_carry_their_phoneme_labels_and_nothing_else_does():
         build_reply([1, 2], chunks, codes, END, phones[:5])
 
 
+def test_hidden_text_keeps_the_prompt_audio_durations_and_end():
+    chunks, codes = _reply()
+    phones = torch.tensor([5, 5, 0, 7, 7, 9])
+    pos, start = build_reply([1, 2], chunks, codes, END, phones)
+    hidden = pos.hide_text(start, END).tensors()
+    t = pos.tensors()
+    kinds = "".join(Kind(k).name[0] for k in hidden["kinds"].tolist())
+    # prompt | T1 P1 | T2 P2 D1 A1 | T3 P3 D2 A2 | <end> D3 A3, its words and phonemes hidden
+    assert kinds == "TT" + "NNN" + "NNNDFF" + "NNNDFFF" + "TDF"
+    kept = hidden["kinds"] != int(Kind.NULL)
+    for name in ("tokens", "codes", "span", "slot", "phone_target"):
+        assert torch.equal(hidden[name][kept], t[name][kept]), name
+    assert (hidden["tokens"][~kept] == 0).all()
+    # only audio is predicted when the text is not heard
+    assert (hidden["text_target"] == IGNORE).all() and (hidden["dur_target"] == IGNORE).all()
+    assert pos.tensors()["kinds"].tolist() == t["kinds"].tolist()  # the original is untouched
+    assert pos.tail(start).kinds == pos.kinds[start:] and len(pos.head(start)) + len(pos.tail(start)) == len(pos)
+
+
 @pytest.mark.parametrize(
     "chunks,codes,match",
     [

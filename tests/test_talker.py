@@ -58,8 +58,11 @@ def tiny_config(groups: int = 2, codebook: int = 8) -> TalkerConfig:
     )
 
 
-def tiny_talker(tokenizer, seed: int = 0, codebook: int = 8, lora: bool = True, confident: bool = True) -> Talker:
-    talker = Talker(tiny_lm(len(tokenizer), seed), tokenizer, tiny_config(codebook=codebook), lora=lora)
+def tiny_talker(
+    tokenizer, seed: int = 0, codebook: int = 8, lora: bool = True, confident: bool = True, text_null: bool = False
+) -> Talker:
+    config = dataclasses.replace(tiny_config(codebook=codebook), text_null=text_null)
+    talker = Talker(tiny_lm(len(tokenizer), seed), tokenizer, config, lora=lora)
     torch.manual_seed(seed + 1)
     for _, p in talker.speech.named_parameters() if confident else []:
         torch.nn.init.normal_(p, std=0.5)  # larger random weights: distinct, confident guesses
@@ -407,7 +410,7 @@ def test_phoneme_head_learns_frame_labels_and_joins_older_weights(tokenizer, tmp
     with pytest.raises(AssetError, match="does not fit"):
         fresh.load_trainable(path)
     head = fresh.speech.phone_head.weight.detach().clone()
-    fresh.load_trainable(path, new_phone_head=True)
+    fresh.load_trainable(path, new_parts=True)
     assert torch.equal(fresh.speech.phone_head.weight, head)
     assert torch.equal(fresh.speech.head.weight, older.speech.head.weight.half().float())
 
@@ -603,3 +606,47 @@ def test_listening_test_scores_both_modes_and_leaves_the_talker_as_found(tokeniz
     assert heard["wer_single_span"] == 50  # the true spans in the first clip, nothing for the unaligned one
     assert heard["heard_single_span"] == text and 0 <= heard["wer_say"] <= 100
     assert talker.training and talker.prompt_cache is None  # as found; no cache of these weights kept
+
+
+def test_guidance_runs_a_hidden_text_branch_alike_with_and_without_cache(tokenizer):
+    talker = tiny_talker(tokenizer, text_null=True)
+    text = "Hello there, how are you doing today?"
+    plain = GenerationOptions(seed=3)
+    guided = dataclasses.replace(plain, guidance=3.0)
+    with torch.inference_mode():
+        unguided = list(talker.stream(MESSAGES, FakeCodec(), text=text, options=plain))
+        cached = list(talker.stream(MESSAGES, FakeCodec(), text=text, options=guided))
+        full = list(talker.stream(MESSAGES, FakeCodec(), text=text, options=guided, use_cache=False))
+        again = list(talker.stream(MESSAGES, FakeCodec(), text=text, options=guided))
+    assert _summary(cached) == _summary(full) == _summary(again)  # the prompt cache is not disturbed
+    codes = [e.codes for e in cached if isinstance(e, AudioChunk) and len(e.codes)]
+    plain_codes = [e.codes for e in unguided if isinstance(e, AudioChunk) and len(e.codes)]
+    assert [len(c) for c in codes] == [len(c) for c in plain_codes]  # durations come from the reply itself
+    assert not all(torch.equal(a, b) for a, b in zip(codes, plain_codes, strict=True))  # guidance chose otherwise
+    with pytest.raises(ValueError, match="talker.guidance = 1"):
+        list(tiny_talker(tokenizer).stream(MESSAGES, None, text=text, options=guided))
+
+
+def test_clips_with_hidden_text_train_audio_only(tokenizer):
+    """A clip whose text is hidden adds no text or duration loss, and trains the hidden-text embedding."""
+    talker = Talker(tiny_lm(len(tokenizer)), tokenizer, dataclasses.replace(tiny_config(), text_null=True)).train()
+    pieces = chunk_tokens(tokenizer, "Good morning to you all.")
+    chunks = [Chunk(ids, phonemizer().ids(words), 3) for words, ids in pieces]
+    codes = torch.randint(0, 8, (3 * len(chunks), 2))
+    positions, start = build_reply(talker.prompt_ids([]), chunks, codes, talker.end_token)
+    hidden = positions.hide_text(start, talker.end_token)
+
+    def every_frame(packed):
+        frames = packed.tensors["kinds"] == int(Kind.FRAME)
+        return frames.unsqueeze(-1).expand_as(packed.tensors["codes"])
+
+    alone, both = pack([positions, positions]), pack([positions, hidden])  # one batch shape: the same arithmetic
+    heard = talker.loss(alone, NoiseConfig(), masked=every_frame(alone))
+    mixed = talker.loss(both, NoiseConfig(), masked=every_frame(both))
+    torch.testing.assert_close(mixed["text"], heard["text"])
+    torch.testing.assert_close(mixed["dur"], heard["dur"])
+    assert not torch.equal(mixed["audio"], heard["audio"])
+    mixed["loss"].backward()
+    assert talker.speech.null_text.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="text_null"):
+        tiny_talker(tokenizer).loss(pack([hidden]), NoiseConfig())

@@ -63,9 +63,12 @@ def test_train_resume_export_and_speak(aligned, tmp_path):
 
     folder, _ = aligned
     run = tmp_path / "run"
-    cfg = TrainConfig(positions_per_step=150, row_length=256, val_every=2, warmup=2, log_every=1, speech_every=4)
+    cfg = TrainConfig(
+        positions_per_step=150, row_length=256, val_every=2, warmup=2, log_every=1, speech_every=4, text_dropout=0.5
+    )
     first = train(str(folder), str(run), minutes=5, steps=2, cfg=cfg)
     reported = {"audio_t1", "audio_t1_shuffled", "text_gap", "val_text_kl", "val_phone", "phone_t1_acc"}
+    reported |= {"audio_t1_null", "null_gap"}  # the text hidden (the run trains for guidance)
     assert first["step"] == 2 and reported <= set(first)
     for name in ("last.pt", "last.safetensors", "log.jsonl"):
         assert (run / name).is_file(), name

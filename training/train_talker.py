@@ -55,6 +55,7 @@ class TrainConfig:
     seed: int = 0  # data order and noise
     text_teacher: bool = True  # text loss against the untouched backbone's next-token distribution (keeps chat)
     phone_weight: float = 0.2  # auxiliary frame-phoneme loss (dense alignment supervision); 0 = no phoneme head
+    text_dropout: float = 0.1  # share of clips trained with their text hidden (for guidance); 0 = no null embedding
     speech_every: int = 250  # steps between listening tests (held-out clips voiced and transcribed); 0 = none
     speech_clips: int = 6  # clips each listening test voices (the first validation clips)
 
@@ -159,6 +160,7 @@ def validate(
     ``phone_t1_acc``: how often the phoneme head names those frames' phonemes (with the head);
     ``audio_t1_shuffled``: the same with every clip's text and phoneme tokens taken from another clip
     (same positions otherwise). A model that listens to the text loses clearly more without it.
+    With the hidden-text embedding, ``audio_t1_null``: the same with the reply's text hidden.
     With a ``teacher`` (the untouched backbone), ``val_text_kl``: KL(teacher || talker) per text token.
     """
     talker.eval()
@@ -178,6 +180,12 @@ def validate(
         whole = _whole_spans(packed)
         clean = talker.loss(packed, NoiseConfig(), masked=whole)
         swapped = talker.loss(pack(other, row_length), NoiseConfig(), masked=whole)
+        if talker.config.text_null:
+            hidden = [s.hide_text(prompt_length, talker.end_token) for s in batch]
+            sums["audio_t1_null"] = sums.get("audio_t1_null", 0.0)
+            sums["audio_t1_null"] += float(
+                talker.loss(pack(hidden, row_length), NoiseConfig(), masked=whole)["audio"]
+            ) / len(starts)
         for key, value in (
             ("val_text", noisy["text"]),
             ("val_dur", noisy["dur"]),
@@ -190,6 +198,8 @@ def validate(
             if value is not None:
                 sums[key] = sums.get(key, 0.0) + float(value) / len(starts)
     sums["text_gap"] = sums["audio_t1_shuffled"] - sums["audio_t1"]
+    if "audio_t1_null" in sums:  # the same gap against no text at all (what guidance amplifies)
+        sums["null_gap"] = sums["audio_t1_null"] - sums["audio_t1"]
     talker.train()
     return {k: round(v, 4) for k, v in sums.items()}
 
@@ -341,15 +351,19 @@ def train(
             raise AssetError(f"--init {seed_from}: not a talker checkpoint (missing or corrupt); give a .safetensors")
         if cfg.phone_weight and not config.phone_classes:  # older weights: the run adds the phoneme head
             config = dataclasses.replace(config, phone_classes=phone_classes(codec))
+        if cfg.text_dropout and not config.text_null:  # ... and the hidden-text embedding
+            config = dataclasses.replace(config, text_null=True)
     else:
         config = default_config(codec, **(talker_overrides or {}))
         if not cfg.phone_weight:
             config.phone_classes = 0
+        if not cfg.text_dropout:
+            config.text_null = False
     torch.manual_seed(cfg.seed)
     talker = Talker.from_backbone(backbone, config)
     seeded: dict = {}
     if seed_from is not None:
-        seeded = talker.load_trainable(seed_from, new_phone_head=True)
+        seeded = talker.load_trainable(seed_from, new_parts=True)
         log.info("new run started from %s (its step %s)", seed_from, seeded.get("step", "unknown"))
     prompt = talker.prompt_ids([])
     dtype = matmul_dtype(precision)
@@ -484,12 +498,18 @@ def train(
         logf.write(json.dumps(start_record) + "\n")
     while (time.monotonic() - start) < minutes * 60 and (not steps or step < steps):
         drawn = batches.next()
-        packed = pack([e.positions for e in drawn], cfg.row_length)
+        hide = (torch.rand(len(drawn), generator=generator) < (cfg.text_dropout if config.text_null else 0.0)).tolist()
+        sequences = [
+            e.positions.hide_text(len(prompt), model.end_token) if h else e.positions
+            for e, h in zip(drawn, hide, strict=True)
+        ]
+        packed = pack(sequences, cfg.row_length)
+        heard_text = [drawn[i] for i in packed.order if not hide[i]]  # hidden clips have no text targets
         scale = min(1.0, (step + 1 - warm_from) / cfg.warmup)
         for group in opt.param_groups:
             group["lr"] = group["peak"] * scale
         with autocast():
-            soft = teacher_logits(teacher, [drawn[i] for i in packed.order], len(prompt)) if teacher else None
+            soft = teacher_logits(teacher, heard_text, len(prompt)) if teacher and heard_text else None
             losses = model.loss(packed, noise, generator, teacher=soft)
         opt.zero_grad(set_to_none=True)
         accelerator.backward(losses["loss"])
