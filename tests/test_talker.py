@@ -606,6 +606,9 @@ def test_listening_test_scores_both_modes_and_leaves_the_talker_as_found(tokeniz
     assert heard["wer_single_span"] == 50  # the true spans in the first clip, nothing for the unaligned one
     assert heard["heard_single_span"] == text and 0 <= heard["wer_say"] <= 100
     assert talker.training and talker.prompt_cache is None  # as found; no cache of these weights kept
+    assert "wer_single_span_guided" not in heard  # not trained for guidance
+    guided = check(tiny_talker(tokenizer, text_null=True))
+    assert guided["wer_single_span_guided"] == 50 and guided["heard_single_span_guided"] == text
 
 
 def test_guidance_runs_a_hidden_text_branch_alike_with_and_without_cache(tokenizer):

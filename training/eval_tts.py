@@ -15,6 +15,7 @@ sentences of 20 words or more are also scored on their own (skipped or repeated 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -106,10 +107,12 @@ def single_span_samples(talker, codec, text: str, codes: np.ndarray, frames: lis
 class SpeechCheck:
     """The training run's periodic listening test: a few held-out clips voiced and transcribed.
 
-    Each clip is voiced twice by the talker as its weights are now: free-running from its text
+    Each clip is voiced by the talker as its weights are now: free-running from its text
     (``wer_say``, as ``ttt say`` does) and span by span from the true spans before each
-    (``wer_single_span``); ``wer_codec`` is the clips' own codes decoded, the ceiling, transcribed
-    once. Clips come from the aligned corpus, so the check needs neither the teacher voice nor new audio.
+    (``wer_single_span``); a talker trained for guidance is heard the same two ways with guidance
+    at :data:`GUIDED` too (``*_guided``). ``wer_codec`` is the clips' own codes decoded, the
+    ceiling, transcribed once. Clips come from the aligned corpus, so the check needs neither the
+    teacher voice nor new audio.
     """
 
     def __init__(self, codec, items: list, transcriber, options=None):
@@ -120,38 +123,45 @@ class SpeechCheck:
         self.refs = [item.text for item in self.items]
         self.codec_transcripts = [transcriber(decode_codes(codec, item.codes)) for item in self.items]
 
+    def _heard(self, talker, options) -> tuple[list[str], list[str]]:
+        """Transcripts of every clip voiced free-running and span by span with ``options``."""
+        from model.say import say
+
+        said, single = [], []
+        for item in self.items:
+            result = say(talker, self.codec, item.text, options)
+            said.append(self.transcriber(result.samples) if len(result.samples) else "")
+            frames = [c["frames"] for c in item.chunks]
+            samples = single_span_samples(talker, self.codec, item.text, item.codes, frames, options)
+            single.append(self.transcriber(samples) if samples is not None and len(samples) else "")
+        return said, single
+
     def __call__(self, talker) -> dict:
         """WERs (percent) of ``talker`` on the clips, beside the codec's; the talker is left as it was found."""
-        from model.say import say
         from training.wer import word_error_rate
 
         was_training = talker.training
         talker.eval()
         talker.prompt_cache = None  # a cache computed with other weights would be reused
-        said, single = [], []
+        modes = {"": self.options}
+        if talker.config.text_null:
+            modes["_guided"] = dataclasses.replace(self.options, guidance=GUIDED)
+        heard = {}
         try:
-            for item in self.items:
-                result = say(talker, self.codec, item.text, self.options)
-                said.append(self.transcriber(result.samples) if len(result.samples) else "")
-                frames = [c["frames"] for c in item.chunks]
-                samples = single_span_samples(talker, self.codec, item.text, item.codes, frames, self.options)
-                single.append(self.transcriber(samples) if samples is not None and len(samples) else "")
+            for suffix, options in modes.items():
+                heard[f"say{suffix}"], heard[f"single_span{suffix}"] = self._heard(talker, options)
         finally:
             talker.prompt_cache = None
             talker.train(was_training)
+        out = {"speech_clips": len(self.items), "speech_text": self.refs[0] if self.refs else ""}
+        for name, hyps in heard.items():
+            out[f"wer_{name}"] = round(100 * word_error_rate(self.refs, hyps), 2)
+        out["wer_codec"] = round(100 * word_error_rate(self.refs, self.codec_transcripts), 2)
+        out |= {f"heard_{name}": hyps[0] if hyps else "" for name, hyps in heard.items()}
+        return out
 
-        def wer(hyps: list[str]) -> float:
-            return round(100 * word_error_rate(self.refs, hyps), 2)
 
-        return {
-            "speech_clips": len(self.items),
-            "speech_text": self.refs[0] if self.refs else "",
-            "wer_say": wer(said),
-            "wer_single_span": wer(single),
-            "wer_codec": wer(self.codec_transcripts),
-            "heard_say": said[0] if said else "",
-            "heard_single_span": single[0] if single else "",
-        }
+GUIDED = 2.0  # the guidance scale the listening test also tries (talker.guidance; OmniVoice and F5-TTS use 2)
 
 
 def run_eval_tts(args: argparse.Namespace, settings) -> int:
