@@ -18,7 +18,7 @@ train)
     nvidia-smi --query-gpu=name,memory.used --format=csv
     python3 -m agent.cli train talker --llm "/tmp/ttt/$name" --data /tmp/ttt/aligned --run /tmp/ttt/run \
         --minutes "$minutes" --threads 8 --positions-per-step 32768 --val-every 100 \
-        --save-every-s 60 ${TALKER_ARGS:-} 2>&1 | tr '\r' '\n' | grep -v "it/s\]" | tail -n 60
+        --save-every-s 60 --speech-every 0 ${TALKER_ARGS:-} 2>&1 | tr '\r' '\n' | grep -v "it/s\]" | tail -n 60
     python3 training/gpu/shards.py split /tmp/ttt/run/last.safetensors "$OUT/talker" 15
     cp /tmp/ttt/run/log.jsonl "$OUT/log.jsonl"
     ls -la "$OUT" ;;
