@@ -68,3 +68,15 @@ def test_crop_takes_a_negative_count(tiny_llama):
         cache.layers[0].crop(3)
     with pytest.raises(ValueError, match="capacity"):
         PreallocatedCache(tiny_llama.config, 0)
+
+
+def test_a_copy_continues_alike_and_apart(tiny_llama):
+    cache = PreallocatedCache(tiny_llama.config, 16)
+    _steps(tiny_llama, cache, [3, 1, 4, 1, 5], 0)
+    twin = cache.copy()
+    assert twin.get_seq_length() == cache.get_seq_length() == 5
+    original = _steps(tiny_llama, cache, [9, 2], 3)  # the original goes on; the copy must not see it
+    assert twin.get_seq_length() == 5
+    copied = _steps(tiny_llama, twin, [9, 2], 3)
+    for a, b in zip(original, copied, strict=True):
+        torch.testing.assert_close(a, b)
