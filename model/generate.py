@@ -177,14 +177,12 @@ class UnconditionalBranch:
             self.state.cache = reply.cache.copy()
         self.state.done = reply.done.concat(Positions(reply.done.groups))
         self.state.pending = reply.pending.concat(Positions(reply.done.groups))
-        self.reply_start = len(reply.done) + len(reply.pending)
 
     def logits(self, reply: GenerationState, span: Positions, conditional: torch.Tensor) -> torch.Tensor:
         """Guided code log-probabilities [k, G, K] for ``span`` (the rows the reply just ran), given its logits."""
-        mine = len(self.state.done) + len(self.state.pending)
-        final = reply.done.concat(reply.pending)
-        hidden = final.hide_text(self.reply_start, self.end_token)
-        self.state.pending = self.state.pending.concat(hidden.tail(mine))
+        mine = len(self.state.done) + len(self.state.pending)  # every row after these belongs to the reply
+        new = reply.done.concat(reply.pending).tail(mine).hide_text(0, self.end_token)
+        self.state.pending = self.state.pending.concat(new)
         frames = len(span) - 1  # the span's D row, then its frames
         h = self.state.forward(span, keep=False)[-frames:]
         log_c = torch.log_softmax(conditional.float(), dim=-1)

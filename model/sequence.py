@@ -127,19 +127,19 @@ class Positions:
                 return i
         raise ValueError("no text position yet")
 
-    def head(self, count: int) -> Positions:
-        """A new list of the first ``count`` rows."""
+    def _rows(self, cut: slice) -> Positions:
         out = Positions(self.groups)
         for name in self.FIELDS:
-            setattr(out, name, getattr(self, name)[:count])
+            setattr(out, name, getattr(self, name)[cut])
         return out
+
+    def head(self, count: int) -> Positions:
+        """A new list of the first ``count`` rows."""
+        return self._rows(slice(None, count))
 
     def tail(self, start: int) -> Positions:
         """A new list of the rows from ``start`` on."""
-        out = Positions(self.groups)
-        for name in self.FIELDS:
-            setattr(out, name, getattr(self, name)[start:])
-        return out
+        return self._rows(slice(start, None))
 
     def concat(self, other: Positions) -> Positions:
         """A new list: these rows, then ``other``'s."""

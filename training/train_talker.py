@@ -180,18 +180,17 @@ def validate(
         whole = _whole_spans(packed)
         clean = talker.loss(packed, NoiseConfig(), masked=whole)
         swapped = talker.loss(pack(other, row_length), NoiseConfig(), masked=whole)
+        nulled = None
         if talker.config.text_null:
-            hidden = [s.hide_text(prompt_length, talker.end_token) for s in batch]
-            sums["audio_t1_null"] = sums.get("audio_t1_null", 0.0)
-            sums["audio_t1_null"] += float(
-                talker.loss(pack(hidden, row_length), NoiseConfig(), masked=whole)["audio"]
-            ) / len(starts)
+            hidden = pack([s.hide_text(prompt_length, talker.end_token) for s in batch], row_length)
+            nulled = talker.loss(hidden, NoiseConfig(), masked=whole)["audio"]
         for key, value in (
             ("val_text", noisy["text"]),
             ("val_dur", noisy["dur"]),
             ("val_audio", noisy["audio"]),
             ("audio_t1", clean["audio"]),
             ("audio_t1_shuffled", swapped["audio"]),
+            ("audio_t1_null", nulled),
             ("val_phone", noisy.get("phone")),
             ("phone_t1_acc", clean.get("phone_acc")),
         ):
@@ -489,6 +488,13 @@ def train(
     start = time.monotonic()
     saved_at = start
     logf = (run_dir / "log.jsonl").open("a")
+
+    def keep(record: dict) -> None:
+        """One line of ``log.jsonl``, and a point of the loss curve the checkpoints carry."""
+        logf.write(json.dumps(record) + "\n")
+        logf.flush()
+        history.append(record)
+
     bar = tqdm(desc="talker", unit="step", initial=step, disable=not accelerator.is_main_process)
     record: dict = {}
     seen, seen_since = 0, time.monotonic()
@@ -527,9 +533,7 @@ def train(
             seen, seen_since = 0, time.monotonic()
             record = {"step": step, "epoch": round(batches.epoch, 3), "positions_per_s": round(rate, 1)}
             record |= {k: round(float(v.detach()), 4) for k, v in losses.items()}
-            logf.write(json.dumps(record) + "\n")
-            logf.flush()
-            history.append(record)
+            keep(record)
             bar.set_postfix(audio=record["audio"], text=record["text"], dur=record["dur"])
         if step % cfg.val_every == 0:
             if not limit and len(list(Path(data).glob("shard_*.jsonl"))) != shards:  # the data grew: use all of it
@@ -539,17 +543,13 @@ def train(
             with autocast():
                 metrics = with_ema(lambda val=val: validate(model, val, cfg.row_length, len(prompt), teacher=teacher))
             record = {"step": step, "epoch": round(batches.epoch, 3), "val_clips": len(val), **metrics}
-            logf.write(json.dumps(record) + "\n")
-            logf.flush()
-            history.append(record)
+            keep(record)
             log.info("validation at step %d: %s", step, metrics)
         if listen is not None and step % cfg.speech_every == 0:
             with autocast():
                 heard = with_ema(lambda: listen(model))
             record = {"step": step, "epoch": round(batches.epoch, 3), **heard}
-            logf.write(json.dumps(record) + "\n")
-            logf.flush()
-            history.append(record)
+            keep(record)
             log.info("listening test at step %d: %s", step, heard)
         if time.monotonic() - saved_at > cfg.save_every_s:
             save()
