@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,12 +33,21 @@ def resolve_device(name: str) -> str:
     return name
 
 
+# SmolLM2 has 3 key/value heads for 9 query heads. Asked for several query positions over a masked
+# cache (a prefill after the history, a diffusion pass over a span), transformers' sdpa copies each
+# layer's keys and values three times over unless told to let torch broadcast them; the copy grows
+# with the history (about 40 ms of a turn's first text at 1,000 positions, benchmarks/attention.md).
+# The outputs are bit-identical. An explicit "0" in the environment keeps the copy.
+GQA_WITHOUT_COPY = ("TRANSFORMERS_SDPA_FORCE_GQA", "1")
+
+
 @functools.lru_cache(maxsize=4)
 def load_backbone(override: str | None = None, cache: str | None = None, device: str = "cpu") -> Backbone:
     """Load (and cache in-process) the backbone named by ``override``, or the bundled SmolLM2."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    os.environ.setdefault(*GQA_WITHOUT_COPY)
     source = llm_source(override, cache)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)

@@ -80,3 +80,35 @@ def test_a_copy_continues_alike_and_apart(tiny_llama):
     copied = _steps(tiny_llama, twin, [9, 2], 3)
     for a, b in zip(original, copied, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_grouped_query_attention_without_the_copy_gives_the_same_outputs(tiny_llama, monkeypatch):
+    """model/backbone.py lets torch broadcast the key/value heads; the outputs must not change."""
+    from model.backbone import GQA_WITHOUT_COPY
+
+    name, _ = GQA_WITHOUT_COPY
+    torch.manual_seed(1)
+    history, new = torch.randint(0, 64, (1, 20)), torch.randint(0, 64, (1, 6))
+    span_mask = torch.full((26, 26), float("-inf")).triu(1)
+    span_mask[20:, 20:] = 0.0  # the last positions see each other, as a diffused span does
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    broadcast_calls = []
+
+    def spy(*args, **kwargs):
+        broadcast_calls.append(kwargs.get("enable_gqa", False))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    outputs = []
+    for value in ("0", "1"):
+        monkeypatch.setenv(name, value)
+        broadcast_calls.clear()
+        cache = PreallocatedCache(tiny_llama.config, 64)
+        with torch.inference_mode():
+            tiny_llama(history, past_key_values=cache, use_cache=True)
+            after_cache = tiny_llama(new, past_key_values=cache, use_cache=True).logits
+            whole = tiny_llama(torch.cat([history, new], 1), attention_mask=span_mask[None, None]).logits
+        outputs.append((after_cache, whole))
+        assert set(broadcast_calls) == {value == "1"}  # every attention call took the way asked for
+    torch.testing.assert_close(outputs[0][0], outputs[1][0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(outputs[0][1], outputs[1][1], rtol=0, atol=1e-6)
