@@ -109,6 +109,7 @@ def test_grouped_query_attention_without_the_copy_gives_the_same_outputs(tiny_ll
             after_cache = tiny_llama(new, past_key_values=cache, use_cache=True).logits
             whole = tiny_llama(torch.cat([history, new], 1), attention_mask=span_mask[None, None]).logits
         outputs.append((after_cache, whole))
-        assert set(broadcast_calls) == {value == "1"}  # every attention call took the way asked for
+        # without the variable transformers copies wherever the call has a mask
+        assert all(broadcast_calls) if value == "1" else not all(broadcast_calls)
     torch.testing.assert_close(outputs[0][0], outputs[1][0], rtol=0, atol=1e-6)
     torch.testing.assert_close(outputs[0][1], outputs[1][1], rtol=0, atol=1e-6)
