@@ -69,7 +69,7 @@ def main() -> None:
                 runs[mode].append(say(talker, codec, text, options))
 
     result = {
-        "threads": 1,
+        "threads": torch.get_num_threads(),
         "load_avg_1min": round(os.getloadavg()[0], 2),
         "notes": notes,
         "prefill_15_tokens_cpu_ms": {

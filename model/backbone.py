@@ -36,7 +36,7 @@ def resolve_device(name: str) -> str:
 # SmolLM2 has 3 key/value heads for 9 query heads. Asked for several query positions over a masked
 # cache (a prefill after the history, a diffusion pass over a span), transformers' sdpa copies each
 # layer's keys and values three times over unless told to let torch broadcast them; the copy grows
-# with the history (about 40 ms of a turn's first text at 1,000 positions, benchmarks/attention.md).
+# with the history (about 20 CPU ms of a turn's first text at 1,000 positions, benchmarks/attention.md).
 # The outputs are bit-identical. An explicit "0" in the environment keeps the copy.
 GQA_WITHOUT_COPY = ("TRANSFORMERS_SDPA_FORCE_GQA", "1")
 
