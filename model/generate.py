@@ -429,8 +429,13 @@ def _reply(
     reply: list[int] = []
     shown = ""
 
-    def audio(frames: torch.Tensor, final: bool) -> Iterator[AudioChunk]:
-        samples = decoder.push(frames) if decoder is not None and len(frames) else np.zeros(0, np.float32)
+    def audio(frames: torch.Tensor, final: bool, first: bool = False) -> Iterator[AudioChunk]:
+        # The first span (often one short word) is given out whole, its decoder look-ahead guessed:
+        # the next span is a chunk of text and a diffusion away, and the reply should sound before it.
+        if decoder is not None and len(frames):
+            samples = decoder.push(frames, ahead=first and not final)
+        else:
+            samples = np.zeros(0, np.float32)
         yield AudioChunk(frames, np.asarray(samples, dtype=np.float32), rate)
         if final:
             tail = decoder.flush() if decoder is not None else np.zeros(0, np.float32)
@@ -478,7 +483,7 @@ def _reply(
                 hidden = hidden if hidden is not None else state.forward()[-1]
                 state.pending.add_phonemes(phonemes)
                 steps = options.first_steps if chunk == 2 else options.steps
-                yield from audio(span(chunk - 2, hidden, steps), final=False)
+                yield from audio(span(chunk - 2, hidden, steps), final=False, first=chunk == 2)
             else:
                 state.pending.add_phonemes(phonemes)
             if last:

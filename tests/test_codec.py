@@ -10,6 +10,7 @@ import torch
 
 from model.assets import AssetError
 from model.codec import CodecConfig, SpeechCodec, load_codec, save_codec
+from model.codec.codec import GUESS_FADE_SAMPLES
 from model.codec.fsq import FSQ
 
 
@@ -66,6 +67,32 @@ def test_streaming_equals_whole(codec, chunks):
     np.testing.assert_allclose(streamed, whole, atol=1e-5)
     # the lookahead is small and fixed: after pushing F frames, all but 1 frame + 480 samples are out
     assert sum(len(o) for o in outs[:-1]) == (sum(chunks) - 1) * 1280 - 480
+
+
+@pytest.mark.parametrize("chunks", [[2, 5, 4], [1, 1, 9], [2], [3, 20]])
+def test_pushing_ahead_plays_the_guessed_tail_then_rejoins_the_true_stream(codec, chunks):
+    codes = torch.randint(0, codec.codebook_size, (1, sum(chunks), codec.groups))
+    whole = codec.decode(codes)[0].numpy()
+    head = chunks[0] * 1280
+    as_if_ended = codec.decode(codes[:, : chunks[0]])[0].numpy()  # the guess: the first chunk decoded alone
+    dec = codec.stream_decoder()
+    outs = [dec.push(codes[0, : chunks[0]], ahead=True)]
+    # all of the first chunk is out at once, but for the 10 ms that will fade into the true samples
+    np.testing.assert_allclose(outs[0], as_if_ended[: head - GUESS_FADE_SAMPLES], atol=1e-5)
+    i = chunks[0]
+    for n in chunks[1:]:
+        outs.append(dec.push(codes[0, i : i + n]))
+        i += n
+    outs.append(dec.flush())
+    streamed = np.concatenate(outs)
+    assert streamed.shape == whole.shape
+    np.testing.assert_allclose(streamed[head:], whole[head:], atol=1e-5)
+    fade = slice(head - GUESS_FADE_SAMPLES, head)
+    ramp = np.linspace(0, 1, GUESS_FADE_SAMPLES + 2)[1:-1]
+    np.testing.assert_allclose(streamed[fade], as_if_ended[fade] * (1 - ramp) + whole[fade] * ramp, atol=1e-5)
+    if len(chunks) > 1:  # the guess is a guess: the frames after it change the samples before it
+        held = slice(max(0, (chunks[0] - 1) * 1280 - 480), head - GUESS_FADE_SAMPLES)
+        assert not np.allclose(as_if_ended[held], whole[held], atol=1e-3)
 
 
 def test_decoder_causal_beyond_lookahead(codec):

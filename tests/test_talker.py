@@ -83,10 +83,11 @@ class FakeCodec:
         def __init__(self):
             self.held: list[torch.Tensor] = []
 
-        def push(self, codes: torch.Tensor) -> np.ndarray:
+        def push(self, codes: torch.Tensor, ahead: bool = False) -> np.ndarray:
             assert codes.ndim == 2 and codes.shape[0] >= 1
+            self.ahead_pushes = getattr(self, "ahead_pushes", 0) + ahead
             self.held += list(codes)
-            out, self.held = self.held[:-1], self.held[-1:]
+            out, self.held = (self.held, []) if ahead else (self.held[:-1], self.held[-1:])
             return FakeCodec.render(out)
 
         def flush(self) -> np.ndarray:
@@ -183,6 +184,21 @@ def test_generation_with_and_without_cache_agree(tokenizer, forced):
     frames = sum(len(e.codes) for e in cached if isinstance(e, AudioChunk))
     samples = sum(len(e.samples) for e in cached if isinstance(e, AudioChunk))
     assert samples == frames * 1280
+
+
+def test_the_first_span_is_given_out_whole_and_later_ones_behind_the_look_ahead(tokenizer):
+    talker = tiny_talker(tokenizer)
+    codec = FakeCodec()
+    decoders = []
+    codec.stream_decoder = lambda: decoders.append(FakeCodec.Decoder()) or decoders[-1]
+    with torch.inference_mode():
+        events = list(talker.stream(MESSAGES, codec, text="Hello there, how are you doing today?"))
+    spans = [e for e in events if isinstance(e, AudioChunk) and len(e.codes)]
+    assert len(spans) >= 3 and decoders[0].ahead_pushes == 1
+    assert len(spans[0].samples) == len(spans[0].codes) * 1280  # no frame held for the look-ahead
+    # from the second span on, the look-ahead holds one frame back again
+    assert len(spans[1].samples) == (len(spans[1].codes) - 1) * 1280
+    assert [len(e.samples) for e in spans[2:]] == [len(e.codes) * 1280 for e in spans[2:]]
 
 
 @pytest.mark.parametrize("forced", [True, False])

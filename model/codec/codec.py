@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 FRAME_SAMPLES = HOP * MEL_PER_FRAME  # 1280 samples = 80 ms
 CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "codec.safetensors"
+GUESS_FADE_SAMPLES = 160  # 10 ms over which a guessed tail hands over to the true samples
 CTC_PER_FRAME = 4  # CTC steps per 80 ms frame (50 Hz): phonemes come faster than 12.5 a second
 # espeak phoneme symbols the CTC head predicts (Piper's phoneme_id_map minus stress, pauses, punctuation)
 PHONEMES = (
@@ -185,6 +187,12 @@ class StreamDecoder:
     computes only the new positions. The mel decoder runs one frame behind (its lookahead) and the
     overlap-add holds back the last ``n_fft - hop`` samples until the frames after them arrive:
     after ``F`` frames, ``(F - 1) * 1280 - 480`` samples are final (110 ms of lookahead in all).
+
+    ``push(codes, ahead=True)`` also gives out those held-back samples, decoded as if the stream
+    ended there: a guess, of which the last GUESS_FADE_SAMPLES stay held and are crossfaded into the
+    true samples once the next frames make them final (the true ones under the played guess are
+    dropped). For a reply's first word, which is often one or two frames: without it only its first
+    50 ms could be played before the next words are generated.
     """
 
     def __init__(self, codec: SpeechCodec):
@@ -197,10 +205,15 @@ class StreamDecoder:
         self.emitted = 0  # padded positions emitted (the first n_fft - hop lie before time 0)
         self.frames = 0  # frames pushed
         self.gl_codes: list[torch.Tensor] = []  # Griffin-Lim is not causal: it decodes all at flush
+        self.guess: np.ndarray | None = None  # guessed samples after the final ones (the last fade still held)
+        self.true_after_guess = np.zeros(0, np.float32)  # true samples decoded since, until they cover the guess
 
     @torch.inference_mode()
-    def push(self, codes: torch.Tensor) -> np.ndarray:
-        """``[F, G]`` new frames (F >= 1) -> the samples that became final (float32)."""
+    def push(self, codes: torch.Tensor, ahead: bool = False) -> np.ndarray:
+        """``[F, G]`` new frames (F >= 1) -> the samples that became final (float32).
+
+        ``ahead``: also the samples still waiting for later frames, guessed (see the class).
+        """
         codes = self.codec._check_codes(codes)
         if codes.ndim != 2 or codes.shape[0] < 1:
             raise ValueError(f"push expects codes of shape [F >= 1, G], got {tuple(codes.shape)}")
@@ -208,7 +221,36 @@ class StreamDecoder:
         if not self.codec.config.vocoder:
             self.gl_codes.append(codes)
             return np.zeros(0, np.float32)
-        return self._advance(self.codec.fsq.from_codes(codes)[None])
+        out = self._after_guess(self._advance(self.codec.fsq.from_codes(codes)[None]))
+        if not ahead or self.guess is not None:
+            return out
+        guess = self._fork().flush()
+        fade = min(GUESS_FADE_SAMPLES, len(guess))
+        self.guess = guess
+        return np.concatenate([out, guess[: len(guess) - fade]])
+
+    def _fork(self) -> StreamDecoder:
+        """A copy of this decoder's state, for decoding a guess without touching the stream."""
+        fork = copy.copy(self)
+        for name in ("dec_state", "voc_state", "acc", "env"):
+            setattr(fork, name, copy.deepcopy(getattr(self, name)))
+        fork.guess = None
+        return fork
+
+    def _after_guess(self, true: np.ndarray) -> np.ndarray:
+        """``true`` samples, less those under a played guess, with the guess's held tail faded into them."""
+        if self.guess is None:
+            return true
+        self.true_after_guess = np.concatenate([self.true_after_guess, true])
+        n = len(self.guess)
+        if len(self.true_after_guess) < n:
+            return np.zeros(0, np.float32)
+        fade = min(GUESS_FADE_SAMPLES, n)
+        ramp = np.linspace(0.0, 1.0, fade + 2, dtype=np.float32)[1:-1]
+        mixed = self.guess[n - fade :] * (1 - ramp) + self.true_after_guess[n - fade : n] * ramp
+        out = np.concatenate([mixed, self.true_after_guess[n:]]).astype(np.float32)
+        self.guess, self.true_after_guess = None, np.zeros(0, np.float32)
+        return out
 
     @torch.inference_mode()
     def flush(self) -> np.ndarray:
@@ -225,7 +267,7 @@ class StreamDecoder:
         tail = self._emit(self.acc / self.env.clamp(min=0.1))
         self.acc.zero_()
         self.env.zero_()
-        return np.concatenate([out, tail])
+        return self._after_guess(np.concatenate([out, tail]))
 
     def _advance(self, q: torch.Tensor) -> np.ndarray:
         cfg = self.codec.config
