@@ -60,7 +60,7 @@ class GenerationOptions:
     """Per-call sampling knobs (defaults from ``settings.talker``, see :meth:`from_settings`)."""
 
     steps: int = 4  # S: unmasking passes per audio span
-    first_steps: int = 2  # S of the first span (fewer, so sound starts sooner)
+    first_steps: int = 1  # S of the first span (fewer, so sound starts sooner)
     temperature: float = 0.0  # text sampling temperature; 0 = greedy
     code_temperature: float = 0.0  # audio code sampling temperature; 0 = greedy
     max_new_tokens: int = 256  # cap on reply text tokens
