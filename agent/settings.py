@@ -93,7 +93,7 @@ class TalkerSettings:
     """The unified transformer's interleaving and sampling."""
 
     diffusion_steps: int = 4  # S: unmasking passes per audio span (one span voices one chunk of 1-2 words)
-    first_diffusion_steps: int = 1  # S of the first span: one pass, so the first sound comes sooner (A/B in TALKER_CARD.md)
+    first_diffusion_steps: int = 1  # S of the first span: one pass, for a sooner first sound (TALKER_CARD.md)
     temperature: float = 0.0  # text sampling temperature; 0 = greedy
     code_temperature: float = 0.0  # audio code sampling temperature; 0 = greedy
     max_new_tokens: int = 256  # cap on reply text tokens
